@@ -1,0 +1,23 @@
+"""Test-wide settings.
+
+Without a GPU the Triton kernels run under the interpreter; TRITON_INTERPRET must be set before
+any `@triton.jit` function is defined, so it is set here, before test modules import `pie`.
+"""
+
+import os
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+ON_GPU = _has_gpu() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
