@@ -1,0 +1,260 @@
+"""The Llama-family decoder over a paged KV cache (Llama 2/3, SmolLM, Mistral, Qwen2/2.5, Qwen3).
+
+Data flow of one batch (built by the worker from a `BatchDescriptor`):
+
+    token_ids [T], positions [T]  ->  embedding [T, H]
+      -> per layer: RMSNorm -> fused QKV -> (QK-norm) -> RoPE -> write_kv + paged_attention
+                    -> o_proj (+ all-reduce) -> RMSNorm -> fused gate|up -> SiLU*up -> down (+ all-reduce)
+      -> rows `output_rows` only: final RMSNorm -> LM head  ->  float32 logits [O, vocab]
+
+Tokens of many requests are flattened into one ragged batch; what each token may attend to and
+where its K/V goes is entirely in the `AttentionPlan` (`pie.kernels.attention`), built once per
+batch. Prefill and decode are the same call. The model never allocates per-request state: the
+KV pool is one tensor `[layers, pages, 2, page_size, kv_heads_local, head_dim]` owned by the
+caller (`allocate_kv`).
+
+Tensor parallelism (`tp_size > 1`): every rank holds the heads `[rank*H/tp, (rank+1)*H/tp)` of
+q/k/v and its slice of the MLP's intermediate dimension (column shards), the matching input
+slices of o_proj and down_proj (row shards), and all-reduces after those two. Embeddings and
+the LM head are replicated.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pie.kernels.attention import AttentionPlan, paged_attention, write_kv
+from pie.model.config import ModelConfig
+from pie.model.errors import ModelLoadError
+from pie.model.rope import RotaryEmbedding, apply_rotary
+
+
+class WeightSource(Protocol):
+    """A checkpoint seen as HF-named tensors (`model.layers.0.self_attn.q_proj.weight`, ...)."""
+
+    def has(self, name: str) -> bool: ...
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm transformer block with fused QKV and gate|up projections."""
+
+    def __init__(self, cfg: ModelConfig, tp_size: int, tp_group: object | None) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads // tp_size
+        self.num_kv_heads = cfg.num_kv_heads // tp_size
+        self.head_dim = cfg.head_dim
+        self.eps = cfg.rms_norm_eps
+        self.scale = cfg.head_dim**-0.5
+        self.tp_size = tp_size
+        self.tp_group = tp_group
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        inter = cfg.intermediate_size // tp_size
+        self.inter = inter
+        h = cfg.hidden_size
+        e = torch.empty
+        self.input_norm = _frozen(e(h))
+        self.post_norm = _frozen(e(h))
+        self.qkv_weight = _frozen(e(self.q_size + 2 * self.kv_size, h))
+        self.qkv_bias = _frozen(e(self.q_size + 2 * self.kv_size)) if cfg.qkv_bias else None
+        self.o_weight = _frozen(e(h, self.q_size))
+        self.o_bias = _frozen(e(h)) if cfg.o_bias else None
+        self.q_norm = _frozen(e(cfg.head_dim)) if cfg.qk_norm else None
+        self.k_norm = _frozen(e(cfg.head_dim)) if cfg.qk_norm else None
+        self.gate_up_weight = _frozen(e(2 * inter, h))
+        self.gate_up_bias = _frozen(e(2 * inter)) if cfg.mlp_bias else None
+        self.down_weight = _frozen(e(h, inter))
+        self.down_bias = _frozen(e(h)) if cfg.mlp_bias else None
+
+    def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size > 1:
+            torch.distributed.all_reduce(x, group=self.tp_group)
+        return x
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        plan: AttentionPlan,
+        kv_layer: torch.Tensor,
+    ) -> torch.Tensor:
+        # x: [T, H] residual stream
+        t = x.shape[0]
+        h = F.rms_norm(x, x.shape[-1:], self.input_norm, self.eps)
+        qkv = F.linear(h, self.qkv_weight, self.qkv_bias)  # [T, (Hq + 2 Hkv) D]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = F.rms_norm(q, q.shape[-1:], self.q_norm, self.eps)
+            k = F.rms_norm(k, k.shape[-1:], self.k_norm, self.eps)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        write_kv(kv_layer, k, v, plan)
+        o = paged_attention(q, kv_layer, plan, scale=self.scale)  # [T, Hq, D]
+        o = self._all_reduce(F.linear(o.reshape(t, self.q_size), self.o_weight))
+        if self.o_bias is not None:
+            o = o + self.o_bias
+        x = x + o
+        h = F.rms_norm(x, x.shape[-1:], self.post_norm, self.eps)
+        gate_up = F.linear(h, self.gate_up_weight, self.gate_up_bias)  # [T, 2 I]
+        gate, up = gate_up.split([self.inter, self.inter], dim=-1)
+        down = self._all_reduce(F.linear(F.silu(gate) * up, self.down_weight))
+        if self.down_bias is not None:
+            down = down + self.down_bias
+        return x + down
+
+
+class LlamaModel(nn.Module):
+    """The decoder plus LM head; see the module docstring for the batch contract."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        tp_group: object | None = None,
+        rope_freq_factors: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        for what, n in (("attention heads", cfg.num_heads), ("KV heads", cfg.num_kv_heads),
+                        ("MLP intermediate size", cfg.intermediate_size)):
+            if n % tp_size:
+                raise ModelLoadError(
+                    f"{cfg.source or cfg.name}: {what} ({n}) do not divide evenly over "
+                    f"tensor_parallel_size {tp_size}; choose a tensor_parallel_size that divides {n}"
+                )
+        self.config = cfg
+        self.tp_rank, self.tp_size, self.tp_group = tp_rank, tp_size, tp_group
+        self.num_kv_heads_local = cfg.num_kv_heads // tp_size
+        self.embed = _frozen(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, tp_size, tp_group) for _ in range(cfg.num_layers))
+        self.norm = _frozen(torch.empty(cfg.hidden_size))
+        self.lm_head = (
+            self.embed if cfg.tie_word_embeddings else _frozen(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        )
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, rope_freq_factors)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    def allocate_kv(self, num_pages: int, page_size: int) -> torch.Tensor:
+        """A zeroed KV pool: [num_layers, num_pages, 2, page_size, num_kv_heads_local, head_dim]."""
+        c = self.config
+        return torch.zeros(
+            (c.num_layers, num_pages, 2, page_size, self.num_kv_heads_local, c.head_dim),
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    @torch.inference_mode()
+    def forward_batch(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        plan: AttentionPlan,
+        kv: torch.Tensor,
+        output_rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run one ragged batch; returns float32 logits [O, vocab] for `output_rows` only.
+
+        token_ids, positions: [T] long (positions are explicit RoPE positions per token);
+        kv: the pool from `allocate_kv`, written in place at `plan.write_slots`.
+        """
+        x = F.embedding(token_ids, self.embed)  # [T, H]
+        cos, sin = self.rotary(positions, x.dtype)  # [T, 1, D]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, plan, kv[i])
+        x = x.index_select(0, output_rows)  # [O, H]: the head runs only where logits are wanted
+        x = F.rms_norm(x, x.shape[-1:], self.norm, self.config.rms_norm_eps)
+        return F.linear(x, self.lm_head).float()
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def load_weights(self, src: WeightSource, dtype: torch.dtype, device: torch.device) -> None:
+        """Fill every parameter from HF-named tensors, sharding for this rank, casting to dtype."""
+        cfg = self.config
+        r, n = self.tp_rank, self.tp_size
+        d = cfg.head_dim
+
+        def load(name: str) -> torch.Tensor:
+            if not src.has(name):
+                raise ModelLoadError(
+                    f"{cfg.source}: tensor {name!r} is missing; the checkpoint is incomplete or "
+                    "not a Llama-family model, re-download it"
+                )
+            return src.get(name)
+
+        def rows(t: torch.Tensor, heads: int) -> torch.Tensor:
+            per = t.shape[0] // n if heads == 0 else heads // n * d
+            return t[r * per : (r + 1) * per]
+
+        def cols(t: torch.Tensor) -> torch.Tensor:
+            per = t.shape[1] // n
+            return t[:, r * per : (r + 1) * per]
+
+        def put(param: nn.Parameter, value: torch.Tensor, name: str) -> None:
+            if tuple(value.shape) != tuple(param.shape):
+                raise ModelLoadError(
+                    f"{cfg.source}: tensor {name!r} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(param.shape)} from the model config; the files do not belong together"
+                )
+            param.data = value.to(device=device, dtype=dtype).contiguous()
+
+        put(self.embed, load("model.embed_tokens.weight"), "model.embed_tokens.weight")
+        put(self.norm, load("model.norm.weight"), "model.norm.weight")
+        if not cfg.tie_word_embeddings:
+            put(self.lm_head, load("lm_head.weight"), "lm_head.weight")
+        else:
+            self.lm_head = self.embed
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            put(layer.input_norm, load(p + "input_layernorm.weight"), p + "input_layernorm.weight")
+            put(layer.post_norm, load(p + "post_attention_layernorm.weight"),
+                p + "post_attention_layernorm.weight")
+            qkv = torch.cat([
+                rows(load(a + "q_proj.weight"), cfg.num_heads),
+                rows(load(a + "k_proj.weight"), cfg.num_kv_heads),
+                rows(load(a + "v_proj.weight"), cfg.num_kv_heads),
+            ])
+            put(layer.qkv_weight, qkv, a + "qkv_proj.weight")
+            if layer.qkv_bias is not None:
+                bias = torch.cat([
+                    rows(load(a + "q_proj.bias"), cfg.num_heads),
+                    rows(load(a + "k_proj.bias"), cfg.num_kv_heads),
+                    rows(load(a + "v_proj.bias"), cfg.num_kv_heads),
+                ])
+                put(layer.qkv_bias, bias, a + "qkv_proj.bias")
+            put(layer.o_weight, cols(load(a + "o_proj.weight")), a + "o_proj.weight")
+            if layer.o_bias is not None:
+                put(layer.o_bias, load(a + "o_proj.bias"), a + "o_proj.bias")
+            if layer.q_norm is not None:
+                put(layer.q_norm, load(a + "q_norm.weight"), a + "q_norm.weight")
+                put(layer.k_norm, load(a + "k_norm.weight"), a + "k_norm.weight")
+            m = p + "mlp."
+            gate_up = torch.cat([rows(load(m + "gate_proj.weight"), 0), rows(load(m + "up_proj.weight"), 0)])
+            put(layer.gate_up_weight, gate_up, m + "gate_up_proj.weight")
+            if layer.gate_up_bias is not None:
+                bias = torch.cat([rows(load(m + "gate_proj.bias"), 0), rows(load(m + "up_proj.bias"), 0)])
+                put(layer.gate_up_bias, bias, m + "gate_up_proj.bias")
+            put(layer.down_weight, cols(load(m + "down_proj.weight")), m + "down_proj.weight")
+            if layer.down_bias is not None:
+                put(layer.down_bias, load(m + "down_proj.bias"), m + "down_proj.bias")
+        self.rotary.to(device)
