@@ -490,7 +490,7 @@ def _check_value(value: Any, tp: Any, path: str, issues: list[str]) -> None:
         else:
             (item_tp,) = typing.get_args(tp)
             for i, item in enumerate(value):
-                _check_value(item, item_tp, f"{path}[{i}]", issues)
+                _check_value(item, item_tp, _join(path, i), issues)
             return
     elif origin is dict:
         ok = isinstance(value, dict)
