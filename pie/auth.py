@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
@@ -73,7 +73,7 @@ def parse_public_key(text: str | bytes) -> PublicKey:
             key = serialization.load_pem_public_key(data)
         else:
             key = serialization.load_ssh_public_key(data)
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise AuthError(
             f"Not a valid public key ({e}); give an OpenSSH line like 'ssh-ed25519 AAAA...' "
             "or a PEM block."
@@ -99,7 +99,7 @@ def load_private_key(source: str | bytes | Path, password: bytes | None = None) 
             key = serialization.load_ssh_private_key(data, password)
         else:
             key = serialization.load_pem_private_key(data, password)
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise AuthError(
             f"Not a usable private key ({e}); give an unencrypted OpenSSH or PEM private key."
         ) from None

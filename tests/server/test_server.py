@@ -8,7 +8,7 @@ import json
 import msgpack
 import pytest
 import websockets
-from conftest import running_server
+from front import run, running_server
 
 from pie.client import PieClient, PieError, ProcessFailed
 from pie.programs import python_manifest
@@ -54,7 +54,7 @@ async def install(client: PieClient, name: str, source: str, version: str = "0.1
     return await client.install_program(manifest(name, source, version), source.encode())
 
 
-def test_ping_on_both_paths_and_404_elsewhere(tmp_path, run):
+def test_ping_on_both_paths_and_404_elsewhere(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             for path in ("", "/", "/v1/ws"):
@@ -67,7 +67,7 @@ def test_ping_on_both_paths_and_404_elsewhere(tmp_path, run):
     run(body())
 
 
-def test_install_launch_stream_and_return(tmp_path, run):
+def test_install_launch_stream_and_return(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, pm):
             async with PieClient(uri) as c:
@@ -89,7 +89,7 @@ def test_install_launch_stream_and_return(tmp_path, run):
     run(body())
 
 
-def test_latest_version_wins_and_input_call_style(tmp_path, run):
+def test_latest_version_wins_and_input_call_style(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             async with PieClient(uri) as c:
@@ -106,7 +106,7 @@ def test_latest_version_wins_and_input_call_style(tmp_path, run):
     run(body())
 
 
-def test_errors_are_answered_and_connection_survives(tmp_path, run):
+def test_errors_are_answered_and_connection_survives(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             async with websockets.connect(uri) as ws:
@@ -138,7 +138,7 @@ def test_errors_are_answered_and_connection_survives(tmp_path, run):
     run(body())
 
 
-def test_original_client_wire_format(tmp_path, run):
+def test_original_client_wire_format(tmp_path):
     """Plain msgpack maps, as the original clients send them, including a chunked upload."""
     import blake3
 
@@ -192,7 +192,7 @@ def test_original_client_wire_format(tmp_path, run):
     run(body())
 
 
-def test_json_text_frames(tmp_path, run):
+def test_json_text_frames(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             async with websockets.connect(uri) as ws:
@@ -205,7 +205,7 @@ def test_json_text_frames(tmp_path, run):
     run(body())
 
 
-def test_disconnect_detaches_and_attach_replays(tmp_path, run):
+def test_disconnect_detaches_and_attach_replays(tmp_path):
     async def body():
         async with running_server(tmp_path) as (server, uri, pm):
             async with PieClient(uri, identity="carol") as c:
@@ -236,7 +236,7 @@ def test_disconnect_detaches_and_attach_replays(tmp_path, run):
     run(body())
 
 
-def test_events_while_detached_are_buffered(tmp_path, run):
+def test_events_while_detached_are_buffered(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, pm):
             async with PieClient(uri, identity="dan") as c:
@@ -253,7 +253,7 @@ def test_events_while_detached_are_buffered(tmp_path, run):
     run(body())
 
 
-def test_terminate_and_signal(tmp_path, run):
+def test_terminate_and_signal(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             async with PieClient(uri) as c:
@@ -268,7 +268,7 @@ def test_terminate_and_signal(tmp_path, run):
     run(body())
 
 
-def test_upload_limits_and_chunk_order(tmp_path, run):
+def test_upload_limits_and_chunk_order(tmp_path):
     async def body():
         async with running_server(tmp_path, max_upload_mb=1) as (_, uri, _pm):
             async with PieClient(uri) as c:
@@ -300,7 +300,7 @@ def test_upload_limits_and_chunk_order(tmp_path, run):
     run(body())
 
 
-def test_bad_programs_are_rejected_with_reasons(tmp_path, run):
+def test_bad_programs_are_rejected_with_reasons(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             async with PieClient(uri) as c:
@@ -319,7 +319,7 @@ def test_bad_programs_are_rejected_with_reasons(tmp_path, run):
     run(body())
 
 
-def test_files_both_ways(tmp_path, run):
+def test_files_both_ways(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             async with PieClient(uri) as c:
@@ -335,7 +335,7 @@ def test_files_both_ways(tmp_path, run):
     run(body())
 
 
-def test_model_status_and_unknown_query(tmp_path, run):
+def test_model_status_and_unknown_query(tmp_path):
     stats = {"default": {"kv_pages_used": 3, "kv_pages_total": 64, "latency": {"p50": 1.5},
                          "batch_size_hist": {1: 4, 2: 1}}}
 
@@ -352,7 +352,7 @@ def test_model_status_and_unknown_query(tmp_path, run):
     run(body())
 
 
-def test_launch_many_and_run_many(tmp_path, run):
+def test_launch_many_and_run_many(tmp_path):
     async def body():
         async with running_server(tmp_path) as (_, uri, _pm):
             async with PieClient(uri) as c:
@@ -365,7 +365,7 @@ def test_launch_many_and_run_many(tmp_path, run):
     run(body())
 
 
-def test_launch_waiting_for_admission_does_not_block_the_connection(tmp_path, run):
+def test_launch_waiting_for_admission_does_not_block_the_connection(tmp_path):
     async def body():
         async with running_server(tmp_path, max_concurrent=1) as (_, uri, _pm):
             async with PieClient(uri) as c:
