@@ -463,6 +463,8 @@ def _join(path: str, key: str | int) -> str:
 
 
 def _check_value(value: Any, tp: Any, path: str, issues: list[str]) -> None:
+    if value is None and _unwrap_optional(tp) is not tp:
+        return  # an unset optional key (TOML cannot write it, builtins can)
     tp = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):

@@ -75,15 +75,17 @@ def _root(
     """Pie: an LLM serving system that serves programs (inferlets), not prompts."""
 
 
-def register_verbs(target: typer.Typer, verbs: tuple[str, ...] = VERBS) -> list[str]:
-    """Import each existing `pie_cli.<verb>` module and call its `register(target)`.
+def register_verbs(
+    target: typer.Typer, verbs: tuple[str, ...] = VERBS, package: str = "pie_cli"
+) -> list[str]:
+    """Import each existing `<package>.<verb>` module and call its `register(target)`.
 
     A verb module that does not exist is skipped; one that exists but fails to import (or has
     no `register`) is a bug and raises. Returns the verbs registered.
     """
     registered = []
     for verb in verbs:
-        name = f"{__package__ or 'pie_cli'}.{verb}"
+        name = f"{package}.{verb}"
         if importlib.util.find_spec(name) is None:
             continue
         module = importlib.import_module(name)

@@ -1,0 +1,159 @@
+"""`pie config init|show|set` through the real command group."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from pie_cli.main import app
+from typer.testing import CliRunner
+
+from pie.config import default_config, load_config
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIE_HOME", str(tmp_path))
+    monkeypatch.delenv("PIE_DEBUG", raising=False)
+    monkeypatch.setattr("pie.config._cuda_available", lambda: False)
+    return tmp_path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_init_writes_working_default_and_refuses_overwrite(home) -> None:
+    r = invoke("config", "init")
+    assert r.exit_code == 0, r.output
+    path = home / "config.toml"
+    assert load_config(path) == default_config(cuda=False)
+    path.write_text(path.read_text() + "\n# mine\n")
+    r = invoke("config", "init")
+    assert r.exit_code == 1
+    assert "already exists" in r.stderr and "--force" in r.stderr
+    assert "# mine" in path.read_text()
+    r = invoke("config", "init", "--force")
+    assert r.exit_code == 0 and "# mine" not in path.read_text()
+
+
+def test_init_cuda_flag_and_explicit_path(home) -> None:
+    target = home / "sub" / "gpu.toml"
+    r = invoke("config", "init", "--cuda", "--path", str(target))
+    assert r.exit_code == 0, r.output
+    cfg = load_config(target)
+    assert cfg.models[0].driver.type == "cuda_native" and cfg.models[0].driver.device == ["cuda:0"]
+
+
+def test_show_prints_effective_config(home) -> None:
+    r = invoke("config", "show")
+    assert r.exit_code == 0
+    assert "does not exist" in r.stdout
+    body = "\n".join(line for line in r.stdout.splitlines())
+    assert tomllib.loads(body)["model"][0]["driver"]["type"] == "portable"
+    invoke("config", "init")
+    invoke("config", "set", "server.port", "9191")
+    r = invoke("config", "show")
+    assert r.exit_code == 0 and "port = 9191" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "check"),
+    [
+        ("server.port", "9090", lambda c: c.server.port == 9090),
+        ("auth.enabled", "true", lambda c: c.auth.enabled is True),
+        (
+            "model.0.hf_repo",
+            "meta-llama/Llama-3.2-1B",
+            lambda c: c.models[0].hf_repo == "meta-llama/Llama-3.2-1B",
+        ),
+        (
+            "model.0.driver.device",
+            "cuda:0,cuda:1",
+            lambda c: c.models[0].driver.device == ["cuda:0", "cuda:1"],
+        ),
+        ("model.0.driver.device", "cpu", lambda c: c.models[0].driver.device == ["cpu"]),
+        ("runtime.allow_fs", "true", lambda c: c.runtime.allow_fs is True),
+        (
+            "model.0.scheduler.batch_policy",
+            "eager",
+            lambda c: c.models[0].scheduler.batch_policy == "eager",
+        ),
+        (
+            "model.0.driver.options.num_threads",
+            "2",
+            lambda c: c.models[0].driver.option("num_threads") == 2,
+        ),
+    ],
+)
+def test_set_round_trips(home, key, value, check) -> None:
+    invoke("config", "init")
+    r = invoke("config", "set", key, value)
+    assert r.exit_code == 0, r.output
+    assert check(load_config(home / "config.toml"))
+
+
+def test_set_without_file_starts_from_default(home) -> None:
+    r = invoke("config", "set", "server.port", "7000")
+    assert r.exit_code == 0, r.output
+    cfg = load_config(home / "config.toml")
+    assert (
+        cfg.server.port == 7000
+        and cfg.models[0].hf_repo == default_config(cuda=False).models[0].hf_repo
+    )
+
+
+def test_set_keeps_unrelated_keys(home) -> None:
+    (home / "config.toml").write_text(
+        '[runtime]\nworker_threads = 3\n\n[[model]]\nname = "a"\nhf_repo = "r"\n'
+        '[model.driver]\ntype = "dummy"\ndevice = "cpu"\n'
+    )
+    assert invoke("config", "set", "telemetry.enabled", "true").exit_code == 0
+    raw = tomllib.loads((home / "config.toml").read_text())
+    assert raw["runtime"] == {"worker_threads": 3}
+    assert raw["telemetry"] == {"enabled": True}
+    assert "scheduler" not in raw["model"][0]  # defaults stay implicit
+
+
+def test_invalid_set_leaves_file_untouched(home) -> None:
+    invoke("config", "init")
+    before = (home / "config.toml").read_text()
+    for key, value in [
+        ("server.port", "0"),
+        ("server.port", "abc"),
+        ("server.prot", "1"),
+        ("model.0.driver.type", "tpu"),
+    ]:
+        r = invoke("config", "set", key, value)
+        assert r.exit_code == 1
+        assert r.stderr.startswith("error: Not saved") and r.stderr.count("\n") == 1
+        assert "Traceback" not in r.output
+    assert (home / "config.toml").read_text() == before
+
+
+def test_wrong_type_in_file_is_one_line_naming_file_and_key(home) -> None:
+    path = home / "config.toml"
+    invoke("config", "init")
+    path.write_text(path.read_text().replace("port = 8080", 'port = "eighty"'))
+    for args in (["config", "show"], ["config", "set", "server.host", "0.0.0.0"]):
+        r = invoke(*args)
+        assert r.exit_code == 1
+        assert r.stdout == ""
+        assert r.stderr.count("\n") == 1
+        assert str(path) in r.stderr and "server.port must be an integer" in r.stderr
+
+
+def test_old_schema_file_shows_migration(home) -> None:
+    (home / "config.toml").write_text('host = "0.0.0.0"\nenable_auth = true\n')
+    r = invoke("config", "show")
+    assert r.exit_code == 1
+    assert "`host` -> [server].host" in r.stderr and "`enable_auth` -> [auth].enabled" in r.stderr
+
+
+def test_debug_env_shows_the_exception(home, monkeypatch) -> None:
+    (home / "config.toml").write_text("port = 1\n")
+    monkeypatch.setenv("PIE_DEBUG", "1")
+    r = invoke("config", "show")
+    assert r.exit_code != 0 and type(r.exception).__name__ == "ConfigError"
