@@ -343,6 +343,10 @@ class Ring:
         flags = base + _SLOT_META + 1
         return all(u8[flags + j] for j in range(self.num_readers))
 
+    def writable(self) -> bool:
+        """True when `write` would not wait (the next slot is free)."""
+        return self._slot_free(self._slot(self._next))
+
     def write(
         self,
         data: bytes | bytearray | memoryview,
