@@ -1,0 +1,229 @@
+"""The batch builder: queued forward passes -> one `BatchDescriptor` -> results back per pass.
+
+Data flow (all in the controller process):
+
+    PendingForward queue --select--> [Part(req, lo, hi)] --pack (numpy)--> BatchDescriptor
+    BatchResult --scatter--> each part's RowResults into its request, in the request's order
+
+Selection walks the queue in arrival order and takes at most one pass per context (a later
+pass of the same context depends on the earlier one's KV), within the worker's caps
+`max_batch_tokens` and `max_batch_size`. A pass larger than the room left is cut into
+prefix chunks: chunk `[lo, hi)` writes its tokens and attends over KV slots `0 .. start+hi`,
+exactly what the unchunked pass would have seen for those rows, so chunking is invisible to
+the inferlet. Outputs that fall inside a chunk are produced by that chunk.
+
+Packing concatenates int32 arrays; no per-token Python loop except for custom attention
+masks, which are per-token lists to begin with.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from pie.ipc.messages import BatchDescriptor, BatchResult, RowResult, SamplerSpec
+from pie.sched.api import EngineError
+from pie.sched.request import PendingForward
+
+_EMPTY_I32 = np.zeros(0, dtype=np.int32)
+
+
+@dataclass(slots=True)
+class Part:
+    req: PendingForward
+    lo: int  # first input index of the chunk
+    hi: int  # one past its last input index
+    outs: np.ndarray  # positions in req.out_index that this chunk produces
+
+    @property
+    def final(self) -> bool:
+        return self.hi == self.req.size
+
+
+@dataclass(slots=True)
+class Batch:
+    descriptor: BatchDescriptor
+    parts: list[Part]
+    num_tokens: int
+    num_outputs: int
+
+
+def brle_prefix(runs: list[int], length: int) -> list[int]:
+    """The first `length` positions of a BRLE, or EngineError if later positions are allowed."""
+    out: list[int] = []
+    pos = 0
+    allowed = False
+    for r in runs:
+        if pos + r <= length:
+            out.append(r)
+        else:
+            keep = max(length - pos, 0)
+            if allowed and r > keep:
+                raise EngineError(
+                    f"an attention mask lets a token attend to KV slot {max(pos, length)}, "
+                    "which a later part of the same pass writes; a pass whose tokens see later "
+                    "tokens must fit in one batch (max_batch_tokens)"
+                )
+            if keep:
+                out.append(keep)
+        pos += r
+        allowed = not allowed
+    return out
+
+
+def select(
+    queue: deque[PendingForward], max_tokens: int, max_size: int
+) -> tuple[list[Part], deque[PendingForward], list[PendingForward]]:
+    """Pick the parts of the next batch.
+
+    Returns (parts, the queue left after this batch, passes dropped because their context or
+    caller went away).
+    """
+    parts: list[Part] = []
+    left: deque[PendingForward] = deque()
+    dropped: list[PendingForward] = []
+    seen: set[int] = set()
+    budget = max_tokens
+    for req in queue:
+        if req.future.done() or not req.ctx.alive:
+            dropped.append(req)
+            continue
+        cid = req.ctx.id
+        if budget == 0 or len(parts) >= max_size or cid in seen:
+            seen.add(cid)
+            left.append(req)
+            continue
+        seen.add(cid)
+        lo = req.sent
+        hi = min(req.size, lo + budget)
+        oi = req.out_index
+        outs = np.flatnonzero((oi >= lo) & (oi < hi)) if len(oi) else _EMPTY_I32
+        parts.append(Part(req, lo, hi, outs))
+        budget -= hi - lo
+        if hi < req.size:
+            left.append(req)
+    return parts, left, dropped
+
+
+def pack(parts: list[Part], batch_id: int, page_size: int) -> Batch:
+    """Build the descriptor for `parts` (in order)."""
+    n = len(parts)
+    tok_chunks = []
+    pos_chunks = []
+    tables = []
+    q_lens = np.empty(n, dtype=np.int32)
+    p_lens = np.empty(n, dtype=np.int32)
+    last = np.empty(n, dtype=np.int32)
+    row_chunks = []
+    samplers: list[SamplerSpec] = []
+    any_mask = False
+    any_logit = False
+    base = 0
+    for i, part in enumerate(parts):
+        req, lo, hi = part.req, part.lo, part.hi
+        tok_chunks.append(req.tokens[lo:hi])
+        pos_chunks.append(req.positions[lo:hi])
+        kv_len = req.start + hi
+        npages = -(-kv_len // page_size)
+        tables.append(req.ctx.page_table()[:npages])
+        q_lens[i] = hi - lo
+        p_lens[i] = npages
+        last[i] = kv_len - (npages - 1) * page_size
+        if len(part.outs):
+            row_chunks.append(req.out_index[part.outs] - lo + base)
+            if len(part.outs) == len(req.samplers):
+                samplers.extend(req.samplers)
+            else:
+                samplers.extend(req.samplers[j] for j in part.outs.tolist())
+        any_mask |= req.masks is not None
+        any_logit |= req.logit_mask is not None
+        base += hi - lo
+
+    def indptr(lens: np.ndarray) -> bytes:
+        out = np.zeros(len(lens) + 1, dtype=np.int32)
+        np.cumsum(lens, out=out[1:])
+        return out.tobytes()
+
+    rows = np.concatenate(row_chunks).astype(np.int32) if row_chunks else _EMPTY_I32
+    desc = BatchDescriptor(
+        batch_id=batch_id,
+        token_ids=np.concatenate(tok_chunks).tobytes(),
+        positions=np.concatenate(pos_chunks).tobytes(),
+        qo_indptr=indptr(q_lens),
+        kv_page_indices=np.concatenate(tables).tobytes(),
+        kv_page_indptr=indptr(p_lens),
+        kv_last_page_len=last.tobytes(),
+        output_rows=rows.tobytes(),
+        samplers=samplers,
+    )
+    if any_mask:
+        desc.mask_runs, desc.mask_indptr = _pack_masks(parts, base)
+    if any_logit:
+        runs = [
+            p.req.logit_mask if p.req.logit_mask is not None else np.zeros(0, np.uint32)
+            for p in parts
+        ]
+        desc.logit_mask_runs = np.concatenate(runs).astype(np.uint32).tobytes()
+        desc.logit_mask_indptr = indptr(np.array([len(r) for r in runs], dtype=np.int32))
+    return Batch(descriptor=desc, parts=parts, num_tokens=base, num_outputs=len(samplers))
+
+
+def _pack_masks(parts: list[Part], num_tokens: int) -> tuple[bytes, bytes]:
+    """Per-token BRLE rows (empty row = causal) for the tokens of `parts`."""
+    lens = np.zeros(num_tokens, dtype=np.int32)
+    runs: list[int] = []
+    t = 0
+    for part in parts:
+        req = part.req
+        if req.masks is None:
+            t += part.hi - part.lo
+            continue
+        kv_len = req.start + part.hi
+        for row in req.masks[part.lo : part.hi]:
+            if not part.final:
+                row = brle_prefix(row, kv_len)
+            runs.extend(row)
+            lens[t] = len(row)
+            t += 1
+    indptr = np.zeros(num_tokens + 1, dtype=np.int32)
+    np.cumsum(lens, out=indptr[1:])
+    return np.asarray(runs, dtype=np.uint32).tobytes(), indptr.tobytes()
+
+
+def scatter(batch: Batch, result: BatchResult) -> list[Part]:
+    """Store each row of `result` in its request; returns the parts that completed a request.
+
+    Raises EngineError when the result does not match the batch (wrong number of rows).
+    """
+    o = batch.num_outputs
+    rows = result.rows
+    tokens = np.frombuffer(result.tokens, dtype=np.int32) if result.tokens else None
+    if rows:
+        if len(rows) != o:
+            raise EngineError(f"worker returned {len(rows)} rows for a batch with {o} outputs")
+    elif o:
+        if tokens is None or len(tokens) != o:
+            got = 0 if tokens is None else len(tokens)
+            raise EngineError(f"worker returned {got} tokens for a batch with {o} outputs")
+    finished: list[Part] = []
+    k = 0
+    for part in batch.parts:
+        req = part.req
+        m = len(part.outs)
+        if m:
+            if rows:
+                got = rows[k : k + m]
+            else:
+                assert tokens is not None
+                got = [RowResult(token=t) for t in tokens[k : k + m].tolist()]
+            if m == len(req.results):
+                req.results = got
+            else:
+                for j, r in zip(part.outs.tolist(), got):
+                    req.results[j] = r
+            k += m
+        if part.final:
+            finished.append(part)
+    return finished

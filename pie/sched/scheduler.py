@@ -1,0 +1,535 @@
+"""The per-model scheduler: the `EngineService` the inferlets call, and the batch loop.
+
+One `Scheduler` per [[model]] lives in the controller's event loop. It owns the model's KV
+pages (`ContextManager` over a `PagePool`), admits processes (`Admission`), queues forward
+passes and feeds the worker one batch at a time:
+
+    inferlet --forward()--> validate, claim KV slots, charge tokens --> queue
+    loop: worker free + policy says fire --> select + pack --> worker.submit(BatchDescriptor)
+          BatchResult --> scatter rows --> each pass's future --> inferlet resumes
+
+The worker is sequential, so at most one batch is in flight; page copies for fork / snapshot
+go through the same lane (`_worker_lock`), which keeps every worker operation in the order the
+scheduler planned it (a page freed here is only rewritten by operations submitted later).
+
+    sched = Scheduler(model_info, tokenizer, worker, cfg, max_concurrent_processes=None)
+    sched.start()
+    ...
+    await sched.close()
+
+`worker` is anything with `.info` (`pie.ipc.messages.WorkerInfo`) and
+`async submit(msg) -> BatchResult`; `cfg` is `[model.scheduler]` (any object with the
+attributes of `SchedulerSettings`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from pie.ipc.messages import BatchResult, CopyPages, RowResult, WorkerInfo
+from pie.sched.admission import Admission
+from pie.sched.api import ContextInfo, EngineError, ForwardRequest, ModelInfo, TokenizerService
+from pie.sched.batch import Batch, brle_prefix, pack, scatter, select
+from pie.sched.context import Context
+from pie.sched.contexts import ContextManager, CopyPlan
+from pie.sched.pages import PagePool
+from pie.sched.policy import make_policy
+from pie.sched.request import PendingForward
+from pie.sched.stats import SchedulerStats
+
+log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    info: WorkerInfo
+
+    async def submit(self, msg: Any) -> BatchResult: ...
+
+
+@dataclass
+class SchedulerSettings:
+    """Defaults of `[model.scheduler]`, for callers without a loaded config."""
+
+    batch_policy: str = "adaptive"
+    request_timeout_secs: float = 120.0
+    default_token_limit: int | None = None
+    default_endowment_pages: int = 64
+    admission_oversubscription_factor: float = 4.0
+    restore_pause_at_utilization: float = 0.85
+
+
+class Scheduler:
+    """KV contexts, admission and batching for one model on one worker."""
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        tokenizer: TokenizerService,
+        worker: Worker,
+        cfg: Any = None,
+        *,
+        max_concurrent_processes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        cfg = cfg if cfg is not None else SchedulerSettings()
+        winfo = worker.info
+        if info.page_size != winfo.page_size:
+            raise ValueError(
+                f"model {info.name!r} expects page size {info.page_size} but its worker uses "
+                f"{winfo.page_size}; start both from the same configuration"
+            )
+        self.info = info
+        self.tokenizer = tokenizer
+        self.worker = worker
+        self.page_size = winfo.page_size
+        self.max_batch_tokens = winfo.max_batch_tokens
+        self.max_batch_size = winfo.max_batch_size
+        self.max_model_len = min(info.max_model_len, winfo.max_model_len)
+        self.vocab_size = info.vocab_size
+        self.pool = PagePool(winfo.total_pages)
+        self.kv = ContextManager(self.pool, self.page_size)
+        self.admission = Admission(
+            total_pages=winfo.total_pages,
+            endowment_pages=cfg.default_endowment_pages,
+            oversubscription=cfg.admission_oversubscription_factor,
+            max_processes=max_concurrent_processes,
+            default_token_limit=cfg.default_token_limit,
+        )
+        self.policy = make_policy(cfg.batch_policy)
+        timeout = cfg.request_timeout_secs
+        if not timeout > 0:
+            raise ValueError("request_timeout_secs must be > 0")
+        self.request_timeout = float(timeout)
+        self.restore_pause_at_utilization = cfg.restore_pause_at_utilization
+        self._clock = clock
+        self._stats = SchedulerStats()
+        self._queue: deque[PendingForward] = deque()
+        self._last_pass: dict[int, PendingForward] = {}  # newest queued pass per context id
+        self._arrival = asyncio.Event()
+        self._worker_lock = asyncio.Lock()
+        self._op_ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._dead: str | None = None
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batch loop on the running event loop."""
+        if self._closed:
+            raise RuntimeError("scheduler is closed")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pie-sched")
+
+    async def close(self) -> None:
+        """Stop the loop and fail every queued pass; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._dead = self._dead or f"model {self.info.name!r} is shutting down"
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._fail_queued(EngineError(self._dead))
+
+    async def __aenter__(self) -> Scheduler:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- processes ----------------------------------------------------------------------------
+
+    async def register_process(self, pid: str, user: str, token_limit: int | None = None) -> None:
+        self._check_alive()
+        await self.admission.admit(pid, user, token_limit)
+
+    def unregister_process(self, pid: str) -> None:
+        """Destroy every context `pid` owns and fail its queued passes; snapshots survive."""
+        self.kv.drop_owner(pid)
+        if any(p.pid == pid for p in self._queue):
+            err = EngineError(f"process {pid} exited")
+            keep: deque[PendingForward] = deque()
+            for p in self._queue:
+                if p.pid == pid:
+                    self._finish_failed(p, err)
+                else:
+                    keep.append(p)
+            self._queue = keep
+        self.admission.leave(pid)
+
+    def _user(self, pid: str) -> str:
+        return self.admission.get(pid).user
+
+    # --- contexts -----------------------------------------------------------------------------
+
+    def create_context(self, pid: str) -> int:
+        self.admission.get(pid)
+        return self.kv.create(pid).id
+
+    async def fork_context(self, pid: str, ctx: int) -> int:
+        src = self.kv.get(pid, ctx)
+        await self._quiesce(src)
+        new, plan = self.kv.fork(src, pid)
+        await self._copy_or_undo(plan, new, self.kv.abort_copy)
+        return new.id
+
+    def destroy_context(self, pid: str, ctx: int) -> None:
+        c = self.kv.get(pid, ctx)
+        self.kv.destroy(c)
+        self._last_pass.pop(c.id, None)
+
+    def context_info(self, pid: str, ctx: int) -> ContextInfo:
+        return self.kv.info(self.kv.get(pid, ctx))
+
+    async def reserve_pages(self, pid: str, ctx: int, n: int) -> None:
+        self.kv.reserve(self.kv.get(pid, ctx), n)
+
+    def release_pages(self, pid: str, ctx: int, n: int) -> None:
+        self.kv.release(self.kv.get(pid, ctx), n)
+
+    def commit_pages(self, pid: str, ctx: int, n: int) -> None:
+        self.kv.commit(self.kv.get(pid, ctx), n)
+
+    def truncate_tokens(self, pid: str, ctx: int, n: int) -> None:
+        self.kv.truncate(self.kv.get(pid, ctx), n)
+
+    def set_bid(self, pid: str, ctx: int, value: float) -> None:
+        if not value >= 0:
+            raise EngineError(f"a bid must be a number >= 0, got {value}")
+        self.kv.get(pid, ctx).bid = float(value)
+
+    # --- named snapshots ----------------------------------------------------------------------
+
+    async def save_snapshot(self, pid: str, ctx: int, name: str) -> None:
+        user = self._user(pid)
+        src = self.kv.get(pid, ctx)
+        await self._quiesce(src)
+        snap, plan = self.kv.save(src, user, name)
+        await self._copy_or_undo(plan, snap, self.kv.abort_save)
+        self.kv.finish_save(snap, user, name)
+
+    async def open_snapshot(self, pid: str, name: str) -> int:
+        user = self._user(pid)
+        new, plan = self.kv.open(user, name, pid)
+        await self._copy_or_undo(plan, new, self.kv.abort_copy)
+        return new.id
+
+    def take_snapshot(self, pid: str, name: str) -> int:
+        return self.kv.take(self._user(pid), name, pid).id
+
+    def delete_snapshot(self, pid: str, name: str) -> None:
+        self.kv.delete(self._user(pid), name)
+
+    async def _quiesce(self, ctx: Context) -> None:
+        """Wait until no forward pass of `ctx` is queued or in flight."""
+        while ctx.inflight:
+            p = self._last_pass.get(ctx.id)
+            if p is None or p.future.done():
+                await asyncio.sleep(0)
+                continue
+            await asyncio.wait([p.future])
+
+    async def _copy_or_undo(
+        self, plan: CopyPlan, ctx: Context, undo: Callable[[Context], None]
+    ) -> None:
+        if not plan.src:
+            return
+        msg = CopyPages(
+            batch_id=next(self._op_ids),
+            src=np.asarray(plan.src, dtype=np.int32).tobytes(),
+            dst=np.asarray(plan.dst, dtype=np.int32).tobytes(),
+        )
+        try:
+            self._check_alive()
+            async with self._worker_lock:
+                res = await self.worker.submit(msg)
+            if res.error:
+                raise EngineError(f"the worker failed to copy KV pages: {res.error}")
+        except EngineError:
+            undo(ctx)
+            raise
+        except BaseException as e:
+            undo(ctx)
+            if isinstance(e, Exception):
+                raise EngineError(f"the worker failed to copy KV pages: {e}") from e
+            raise
+
+    # --- forward passes -----------------------------------------------------------------------
+
+    async def forward(self, pid: str, req: ForwardRequest) -> list[RowResult]:
+        """Queue one forward pass and wait for its outputs (one RowResult per `req.outputs`)."""
+        self._check_alive()
+        rec = self.admission.get(pid)
+        ctx = self.kv.get(pid, req.ctx)
+        p = self._validate(pid, ctx, req)
+        self.admission.charge(rec, p.size)
+        try:
+            p.start = self.kv.begin_write(ctx, req.tokens, req.positions, req.attention_mask)
+        except EngineError:
+            self.admission.refund(rec, p.size)
+            raise
+        if self._task is None:
+            self.kv.end_write(ctx, p.start, p.end, ok=False)
+            self.admission.refund(rec, p.size)
+            raise EngineError("the scheduler is not running; call start() first")
+        self._queue.append(p)
+        self._last_pass[ctx.id] = p
+        self._arrival.set()
+        return await p.future
+
+    def _validate(self, pid: str, ctx: Context, req: ForwardRequest) -> PendingForward:
+        n = len(req.tokens)
+        if n == 0:
+            raise EngineError("a forward pass needs at least one input token")
+        if len(req.positions) != n:
+            raise EngineError(
+                f"a forward pass needs one position per token: {n} tokens, "
+                f"{len(req.positions)} positions"
+            )
+        tokens = np.asarray(req.tokens, dtype=np.int64)
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size:
+            raise EngineError(
+                f"token ids must be in [0, {self.vocab_size}); got "
+                f"{int(tokens.min())}..{int(tokens.max())}"
+            )
+        positions = np.asarray(req.positions, dtype=np.int64)
+        if int(positions.min()) < 0:
+            raise EngineError("positions must be >= 0")
+        if ctx.kv_len + n > self.max_model_len:
+            raise EngineError(
+                f"context {ctx.id} would hold {ctx.kv_len + n} tokens, more than the model's "
+                f"maximum length {self.max_model_len}"
+            )
+        out_index = np.fromiter((i for i, _ in req.outputs), dtype=np.int64, count=len(req.outputs))
+        if len(out_index) and (int(out_index.min()) < 0 or int(out_index.max()) >= n):
+            raise EngineError(f"output indices must be in [0, {n}) (the pass's input tokens)")
+        if req.attention_mask is not None and len(req.attention_mask) != n:
+            raise EngineError(
+                f"an attention mask needs one row per input token: {n} tokens, "
+                f"{len(req.attention_mask)} rows"
+            )
+        logit_mask = None
+        if req.logit_mask is not None:
+            logit_mask = np.asarray(req.logit_mask, dtype=np.uint32)
+            if int(logit_mask.sum(dtype=np.int64)) > self.vocab_size:
+                raise EngineError(
+                    f"the logit mask covers {int(logit_mask.sum(dtype=np.int64))} ids but the "
+                    f"vocabulary has {self.vocab_size}"
+                )
+        if n > self.max_batch_tokens and req.attention_mask is not None:
+            # fail now rather than mid-way through the chunks
+            start = ctx.kv_len
+            for i in range(0, n, self.max_batch_tokens):
+                hi = min(n, i + self.max_batch_tokens)
+                if hi < n:
+                    for row in req.attention_mask[i:hi]:
+                        brle_prefix(row, start + hi)
+        now = self._clock()
+        return PendingForward(
+            pid=pid,
+            ctx=ctx,
+            tokens=tokens.astype(np.int32),
+            positions=positions.astype(np.int32),
+            out_index=out_index,
+            samplers=[s for _, s in req.outputs],
+            masks=req.attention_mask,
+            logit_mask=logit_mask,
+            start=0,
+            future=asyncio.get_running_loop().create_future(),
+            enqueued=now,
+            deadline=now + self.request_timeout,
+            results=[None] * len(out_index),
+        )
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise EngineError(self._dead)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    self._arrival.clear()
+                    await self._arrival.wait()
+                    continue
+                now = self._clock()
+                wait = self._expire(now)
+                if not self._queue:
+                    continue
+                delay = self.policy.decide(
+                    len(self._queue), self.max_batch_size, now, self._queue[0].enqueued
+                )
+                if delay > 0:
+                    await self._wait_arrival(min(delay, wait))
+                    continue
+                for _ in range(self.policy.settle_turns):
+                    before = len(self._queue)
+                    await asyncio.sleep(0)
+                    if len(self._queue) == before:
+                        break
+                batch = self._next_batch()
+                if batch is None:
+                    continue
+                await self._execute(batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a bug here must not leave inferlets hanging
+            log.exception("scheduler loop of model %s crashed", self.info.name)
+            self._dead = f"the scheduler of model {self.info.name!r} crashed: {e}"
+            self._fail_queued(EngineError(self._dead))
+            raise
+
+    async def _wait_arrival(self, timeout: float) -> None:
+        self._arrival.clear()
+        try:
+            await asyncio.wait_for(self._arrival.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _expire(self, now: float) -> float:
+        """Fail passes that waited past `request_timeout_secs`; returns time to the next expiry."""
+        nearest = self.request_timeout
+        expired = False
+        for p in self._queue:
+            if p.sent == 0 and p.deadline <= now:
+                expired = True
+            else:
+                nearest = min(nearest, p.deadline - now)
+        if expired:
+            keep: deque[PendingForward] = deque()
+            for p in self._queue:
+                if p.sent == 0 and p.deadline <= now:
+                    self._stats.timeouts += 1
+                    self._finish_failed(
+                        p,
+                        EngineError(
+                            f"forward pass waited {now - p.enqueued:.1f}s without being scheduled, "
+                            f"longer than request_timeout_secs={self.request_timeout:g}; the model "
+                            "is overloaded (fewer concurrent inferlets or a larger timeout help)"
+                        ),
+                    )
+                else:
+                    keep.append(p)
+            self._queue = keep
+        return max(nearest, 0.0)
+
+    def _next_batch(self) -> Batch | None:
+        parts, left, dropped = select(self._queue, self.max_batch_tokens, self.max_batch_size)
+        self._queue = left
+        for p in dropped:
+            self._finish_failed(p, EngineError("the forward pass's context was destroyed"))
+        if not parts:
+            return None
+        now = self._clock()
+        for part in parts:
+            if part.lo == 0:
+                self._stats.queue_wait.append(now - part.req.enqueued)
+            elif part.lo:
+                self._stats.chunks += 1
+        try:
+            return pack(parts, next(self._op_ids), self.page_size)
+        except EngineError as e:
+            for part in parts:
+                self._finish_failed(part.req, e)
+            self._queue = deque(p for p in self._queue if not p.future.done())
+            return None
+
+    async def _execute(self, batch: Batch) -> None:
+        t0 = self._clock()
+        try:
+            async with self._worker_lock:
+                result = await self.worker.submit(batch.descriptor)
+        except asyncio.CancelledError:
+            self._fail_parts(batch, EngineError(f"model {self.info.name!r} is shutting down"))
+            raise
+        except Exception as e:
+            self._dead = f"the worker of model {self.info.name!r} failed: {e}"
+            log.error("%s", self._dead)
+            self._fail_parts(batch, EngineError(self._dead))
+            self._fail_queued(EngineError(self._dead))
+            return
+        latency = self._clock() - t0
+        finished = []
+        if not result.error:
+            try:
+                finished = scatter(batch, result)
+            except EngineError as e:
+                result = BatchResult(batch_id=result.batch_id, error=str(e))
+        if result.error:
+            self._stats.failures += 1
+            self._fail_parts(batch, EngineError(f"the worker rejected a batch: {result.error}"))
+        else:
+            for part in finished:
+                self._finish_ok(part.req)
+        self._stats.record_batch(len(batch.parts), batch.num_tokens, batch.num_outputs, latency)
+        self.policy.fired(len(batch.parts), latency)
+
+    # --- completion ---------------------------------------------------------------------------
+
+    def _finish_ok(self, p: PendingForward) -> None:
+        self.kv.end_write(p.ctx, p.start, p.end, ok=True)
+        self._forget(p)
+        self._stats.requests += 1
+        if not p.future.done():
+            p.future.set_result(p.results)  # type: ignore[arg-type]
+
+    def _finish_failed(self, p: PendingForward, err: Exception) -> None:
+        self.kv.end_write(p.ctx, p.start, p.end, ok=False)
+        self._forget(p)
+        rec = self.admission.processes.get(p.pid)
+        if rec is not None:
+            self.admission.refund(rec, p.size)
+        if not p.future.done():
+            p.future.set_exception(err)
+
+    def _forget(self, p: PendingForward) -> None:
+        if self._last_pass.get(p.ctx.id) is p:
+            del self._last_pass[p.ctx.id]
+
+    def _fail_parts(self, batch: Batch, err: Exception) -> None:
+        failed = {id(part.req) for part in batch.parts}
+        for part in batch.parts:
+            self._finish_failed(part.req, err)
+        self._queue = deque(p for p in self._queue if id(p) not in failed)
+
+    def _fail_queued(self, err: Exception) -> None:
+        queue, self._queue = self._queue, deque()
+        for p in queue:
+            self._finish_failed(p, err)
+
+    # --- observables --------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        pool = self.pool
+        d = self._stats.as_dict()
+        d.update(
+            policy=self.policy.name,
+            pages_total=pool.total_pages,
+            pages_used=pool.used_pages,
+            pages_free=pool.free_pages,
+            pages_committed_shared=pool.published_pages,
+            utilization=pool.used_pages / pool.total_pages,
+            contexts=len(self.kv.contexts),
+            snapshots=len(self.kv.snapshots),
+            processes=len(self.admission.processes),
+            processes_waiting=self.admission.waiting,
+            queued=len(self._queue),
+        )
+        return d
