@@ -49,7 +49,14 @@ class WorkerDied(RuntimeError):
 
 
 class WorkerStartError(RuntimeError):
-    """The worker could not start (bad model path, not enough memory, ...); says why."""
+    """The worker could not start (bad model path, not enough memory, ...); says why.
+
+    `detail` holds the worker's traceback when the cause was not a plain user error.
+    """
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 class WorkerClient:
@@ -164,10 +171,7 @@ class WorkerClient:
                 elif msg[0] == "ready":
                     ready[rank] = msgspec.msgpack.decode(msg[1], type=WorkerInfo)
                 elif msg[0] == "error":
-                    raise WorkerStartError(
-                        f"worker rank {rank} of model {self.spec.name!r} failed to start: "
-                        f"{msg[1]}\n{msg[2] if len(msg) > 2 else ''}".rstrip()
-                    )
+                    raise self._start_error(rank, msg)
             for rank, proc in enumerate(self._procs):
                 if ready[rank] is None and proc.sentinel in got and not proc.is_alive():
                     # drain a last error message if the process sent one before exiting
@@ -176,10 +180,7 @@ class WorkerClient:
                         try:
                             msg = conn.recv()
                             if msg[0] == "error":
-                                raise WorkerStartError(
-                                    f"worker rank {rank} of model {self.spec.name!r} failed to "
-                                    f"start: {msg[1]}\n{msg[2] if len(msg) > 2 else ''}".rstrip()
-                                )
+                                raise self._start_error(rank, msg)
                         except EOFError:
                             pass
                     raise WorkerStartError(
@@ -187,6 +188,12 @@ class WorkerClient:
                         f"with code {proc.exitcode}"
                     )
         return ready[0]
+
+    def _start_error(self, rank: int, msg: tuple) -> WorkerStartError:
+        return WorkerStartError(
+            f"model {self.spec.name!r} could not start (worker rank {rank}): {msg[1]}",
+            msg[2] if len(msg) > 2 else "",
+        )
 
     # --- submit -----------------------------------------------------------------------------
 

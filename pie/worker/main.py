@@ -87,9 +87,13 @@ def worker_main(spec: WorkerSpec, conn: Any, doorbell: Any = None) -> None:
 
         conn.send(("ready", msgspec.msgpack.encode(driver.info())))
     except BaseException as exc:
-        detail = traceback.format_exc()
+        # user mistakes (bad model path, bad option) are one sentence; anything else keeps
+        # its traceback for the log
+        plain = type(exc).__name__ in ("ModelLoadError", "ValueError", "BatchError")
+        text = str(exc) if plain else f"{type(exc).__name__}: {exc}"
+        detail = "" if plain else traceback.format_exc()
         try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}", detail))
+            conn.send(("error", text, detail))
         except Exception:
             pass
         sys.exit(1)
