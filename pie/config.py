@@ -51,7 +51,9 @@ __all__ = [
     "infer_value",
     "load_config",
     "parse_config",
+    "retarget_driver_options",
     "set_value",
+    "unset_value",
     "write_config",
 ]
 
@@ -938,8 +940,8 @@ def infer_value(raw: str) -> Any:
     """A command-line value as TOML would type it.
 
     `true`/`false` -> bool, integers -> int, decimals/exponents -> float, `[...]` -> a TOML
-    array, a double-quoted string -> that string, `a,b` -> a list of inferred items, anything
-    else -> the string itself.
+    array, `{...}` -> a TOML inline table, a double-quoted string -> that string, `a,b` -> a
+    list of inferred items, anything else -> the string itself.
     """
     text = raw.strip()
     low = text.lower()
@@ -949,8 +951,10 @@ def infer_value(raw: str) -> Any:
         return int(text)
     if _FLOAT_RE.match(text):
         return float(text)
-    if (text.startswith("[") and text.endswith("]")) or (
-        len(text) >= 2 and text.startswith('"') and text.endswith('"')
+    if (
+        (text.startswith("[") and text.endswith("]"))
+        or (text.startswith("{") and text.endswith("}"))
+        or (len(text) >= 2 and text.startswith('"') and text.endswith('"'))
     ):
         try:
             return tomllib.loads(f"v = {text}")["v"]
@@ -1064,3 +1068,47 @@ def set_value(data: dict, key: str, raw: str) -> dict:
     else:
         raise ConfigError(f"{'.'.join(segments[:-1])} is a value, not a table; cannot set {key}.")
     return data
+
+
+def unset_value(data: dict, key: str) -> dict:
+    """A copy of the config document `data` without the key at dot-path `key`.
+
+    The key falls back to its default (an optional key becomes unset); removing a list entry
+    (`model.1`) removes that whole block. Raises `ConfigError` if the key is not in `data`.
+    """
+    segments = key.split(".")
+    data = copy.deepcopy(data)
+    node: Any = data
+    for seg in segments[:-1]:
+        if isinstance(node, list) and seg.isdigit() and int(seg) < len(node):
+            node = node[int(seg)]
+        elif isinstance(node, dict) and seg in node:
+            node = node[seg]
+        else:
+            raise ConfigError(f"{key} is not set in the config; nothing to unset.")
+    last = segments[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        del node[int(last)]
+    elif isinstance(node, dict) and last in node:
+        del node[last]
+    else:
+        raise ConfigError(f"{key} is not set in the config; nothing to unset.")
+    return data
+
+
+def retarget_driver_options(data: dict, model_index: int) -> list[str]:
+    """Drop the options of model `model_index` that its (new) embedded driver does not know.
+
+    Used after changing `driver.type`, so that switching portable -> cuda_native does not
+    leave the old driver's knobs behind as unknown keys. Edits `data` in place; returns the
+    dropped keys.
+    """
+    driver = data["model"][model_index].get("driver", {})
+    cls = OPTIONS_BY_DRIVER.get(driver.get("type"))
+    options = driver.get("options")
+    if cls is None or not isinstance(options, dict):
+        return []
+    dropped = [k for k in options if k not in cls.__struct_fields__]
+    for k in dropped:
+        del options[k]
+    return dropped

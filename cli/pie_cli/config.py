@@ -6,6 +6,7 @@ file untouched). Registered on the root app by `pie_cli.main`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -19,8 +20,10 @@ from pie.config import (
     dump_toml,
     parse_config,
     read_toml,
+    retarget_driver_options,
     set_value,
     toml_value,
+    unset_value,
     write_config,
 )
 from pie_cli.errors import UserError
@@ -97,20 +100,47 @@ def set_(
     else:
         data = msgspec.to_builtins(default_config())
     updated = set_value(data, key, value)
-    try:
-        parse_config(updated, str(target))
-    except ConfigError as e:
-        raise ConfigError(
-            f"Not saved: {key} = {value!r} would make the config invalid: "
-            + "; ".join(e.issues)
-            + ".",
-            e.issues,
-        ) from None
-    write_config(HEADER + dump_toml(updated), target)
+    notes = []
+    match = re.fullmatch(r"model\.(\d+)\.driver\.type", key)
+    if match:
+        dropped = retarget_driver_options(updated, int(match.group(1)))
+        if dropped:
+            notes.append(f"dropped options the {value} driver does not take: {', '.join(dropped)}")
+    _save(updated, target, f"{key} = {value!r}")
     new = updated
     for seg in key.split("."):
         new = new[int(seg)] if isinstance(new, list) else new[seg]
     typer.echo(f"{key} = {toml_value(new)}  ({target})")
+    for note in notes:
+        typer.echo(f"note: {note}")
+
+
+@config_app.command("unset")
+def unset(
+    key: str = typer.Argument(
+        ..., help="Dot path to remove, e.g. server.max_concurrent_processes."
+    ),
+    path: Path | None = PathOption,
+) -> None:
+    """Remove one key so it falls back to its default (or a whole [[model]] block: model.1)."""
+    target = _resolve(path)
+    data = read_toml(target)
+    parse_config(data, str(target))
+    updated = unset_value(data, key)
+    _save(updated, target, f"removing {key}")
+    typer.echo(f"{key} removed  ({target})")
+
+
+def _save(updated: dict, target: Path, change: str) -> None:
+    """Validate the edited document and write it; an invalid result is refused."""
+    try:
+        parse_config(updated, str(target))
+    except ConfigError as e:
+        raise ConfigError(
+            f"Not saved: {change} would make the config invalid: " + "; ".join(e.issues) + ".",
+            e.issues,
+        ) from None
+    write_config(HEADER + dump_toml(updated), target)
 
 
 def register(app: typer.Typer) -> None:

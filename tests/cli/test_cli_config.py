@@ -157,3 +157,50 @@ def test_debug_env_shows_the_exception(home, monkeypatch) -> None:
     monkeypatch.setenv("PIE_DEBUG", "1")
     r = invoke("config", "show")
     assert r.exit_code != 0 and type(r.exception).__name__ == "ConfigError"
+
+
+def test_switching_driver_type_drops_foreign_options(home) -> None:
+    invoke("config", "init", "--no-cuda")
+    r = invoke("config", "set", "model.0.driver.type", "cuda_native")
+    assert r.exit_code == 0, r.output
+    assert "dropped options" in r.stdout and "num_threads" in r.stdout
+    d = load_config(home / "config.toml").models[0].driver
+    assert d.type == "cuda_native" and "num_threads" not in d.options
+    assert d.options["kv_page_size"] == 16  # shared knobs survive
+
+
+def test_unset_restores_default_and_removes_blocks(home) -> None:
+    invoke("config", "init")
+    invoke("config", "set", "server.max_concurrent_processes", "8")
+    assert load_config(home / "config.toml").server.max_concurrent_processes == 8
+    r = invoke("config", "unset", "server.max_concurrent_processes")
+    assert r.exit_code == 0, r.output
+    assert load_config(home / "config.toml").server.max_concurrent_processes is None
+    for key, value in [
+        ("model.1.name", "b"),
+        ("model.1.hf_repo", "r"),
+        ("model.1.driver.device", "cuda:1"),
+    ]:
+        runner.invoke(app, ["config", "set", key, value])
+    # the model block is incomplete (no driver.type): each set is refused
+    assert len(load_config(home / "config.toml").models) == 1
+    r = invoke("config", "unset", "model.0.hf_repo")
+    assert r.exit_code == 1 and "model.0.hf_repo` is required" in r.stderr
+    r = invoke("config", "unset", "server.nope")
+    assert r.exit_code == 1 and "nothing to unset" in r.stderr
+
+
+def test_add_a_model_as_an_inline_table(home) -> None:
+    invoke("config", "init")
+    r = invoke(
+        "config",
+        "set",
+        "model.1",
+        '{name = "b", hf_repo = "org/b", driver = {type = "dummy", device = "cuda:1"}}',
+    )
+    assert r.exit_code == 0, r.output
+    cfg = load_config(home / "config.toml")
+    assert [m.name for m in cfg.models] == ["default", "b"]
+    assert cfg.model("b").driver.device == ["cuda:1"]
+    assert invoke("config", "unset", "model.1").exit_code == 0
+    assert len(load_config(home / "config.toml").models) == 1
