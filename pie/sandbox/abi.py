@@ -1,0 +1,488 @@
+"""Canonical-ABI plumbing: pre-bound value converters and host-function registration.
+
+wasmtime-py's generic component trampoline re-reads the function type and converts every
+value through generic Python on each call (12-30 us). Here every import is declared once with
+its WIT signature (`Ty` objects built from the same vocabulary as `sdk/wit/`), and the
+callback converts arguments and results with closures chosen at declaration time, numeric
+lists in bulk through numpy views of the C value array.
+
+Two registration paths share those converters:
+
+* `add_sync`: a plain callback; the host function returns the value.
+* `add_async`: wasmtime's fiber-async callback; the host function may return an awaitable,
+  the guest stays parked on its fiber until it resolves, and the driver (`call_async`) awaits
+  it on the event loop. This is how a guest waiting on a forward pass yields to others.
+
+Errors: a host function raises `GuestError` to return `err(message)` to the guest when the
+import's result is `result<_, string>`; any other exception traps the guest.
+
+Called by `pie/sandbox/host.py` (declarations) and `pie/sandbox/guest.py` (driving calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+from ctypes import POINTER, byref
+from typing import Any, Callable
+
+import numpy as np
+from wasmtime import WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime import _value as _wv
+
+VAL_SIZE = ctypes.sizeof(ffi.wasmtime_component_val_t)
+_K = {name: getattr(ffi, f"WASMTIME_COMPONENT_{name}").value for name in (
+    "BOOL", "S32", "U8", "U32", "S64", "U64", "F32", "F64", "STRING", "LIST", "RECORD",
+    "TUPLE", "OPTION", "RESULT")}
+
+# `wasmtime_context_epoch_deadline_async_yield_and_update` returns nothing in this build;
+# wasmtime-py declares an error pointer, and reading it crashes the process.
+_yield_and_update = ffi.dll.wasmtime_context_epoch_deadline_async_yield_and_update
+_yield_and_update.restype = None
+_yield_and_update.argtypes = [POINTER(ffi.wasmtime_context_t), ctypes.c_uint64]
+
+
+def epoch_yield_every(store: Any, ticks: int) -> None:
+    """Make the store's guest yield to the event loop every `ticks` epoch increments."""
+    store.set_epoch_deadline(ticks)
+    _yield_and_update(store._context(), ticks)
+
+
+class GuestError(Exception):
+    """A refusal returned to the guest as `err(message)`; the message is for the author."""
+
+
+class Ty:
+    """A WIT value type with its two converters bound once."""
+
+    __slots__ = ("name", "lift", "lower")
+
+    def __init__(self, name: str, lift: Callable, lower: Callable) -> None:
+        self.name = name
+        self.lift = lift  # C value -> Python (takes ownership of nested allocations)
+        self.lower = lower  # (Python, POINTER(val)) -> None
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _scalar(kind: str, field: str, check: Callable[[Any], Any]) -> Ty:
+    k = _K[kind]
+
+    def lift(c):
+        return getattr(c.of, field)
+
+    def lower(v, p):
+        c = p.contents
+        c.kind = k
+        setattr(c.of, field, check(v))
+
+    return Ty(kind.lower(), lift, lower)
+
+
+def _u32(v: Any) -> int:
+    v = int(v)
+    if not 0 <= v < 1 << 32:
+        raise OverflowError(f"{v} does not fit in u32")
+    return v
+
+
+U32 = _scalar("U32", "u32", _u32)
+S32 = _scalar("S32", "s32", int)
+U64 = _scalar("U64", "u64", int)
+S64 = _scalar("S64", "s64", int)
+F32 = _scalar("F32", "f32", float)
+F64 = _scalar("F64", "f64", float)
+BOOL = _scalar("BOOL", "boolean", bool)
+
+
+def _lift_str(c):
+    s = ffi.to_str(c.of.string)
+    ffi.wasm_byte_vec_delete(byref(c.of.string))
+    return s
+
+
+def _lower_str(v, p):
+    c = p.contents
+    c.kind = _K["STRING"]
+    c.of.string = ffi.str_to_capi(v)
+
+
+STRING = Ty("string", _lift_str, _lower_str)
+
+
+def _dense(elem_kind: str, dtype: str) -> Ty:
+    """list<u8|u32|f32>: bulk copies through a numpy view of the value array."""
+    k_elem = _K[elem_kind]
+    dt = np.dtype(dtype)
+    stride = VAL_SIZE // dt.itemsize
+    offset = 8 // dt.itemsize  # the payload sits 8 bytes into each 32-byte value
+    as_bytes = dtype == "u1"
+
+    def lift(c):
+        lst = c.of.list
+        n = lst.size
+        if n == 0:
+            out = b"" if as_bytes else []
+        else:
+            buf = (ctypes.c_uint8 * (n * VAL_SIZE)).from_address(ctypes.addressof(lst.data.contents))
+            arr = np.frombuffer(buf, dt)[offset::stride]
+            out = arr.tobytes() if as_bytes else arr.tolist()
+        ffi.wasmtime_component_vallist_delete(byref(lst))
+        c.kind = _K["BOOL"]  # ownership taken
+        return out
+
+    def lower(v, p):
+        if as_bytes:
+            arr = np.frombuffer(bytes(v), np.uint8)
+        else:
+            arr = np.asarray(v, dtype=dt)
+        n = len(arr)
+        raw = ffi.wasmtime_component_vallist_t()
+        ffi.wasmtime_component_vallist_new_uninit(raw, n)
+        if n:
+            buf = (ctypes.c_uint8 * (n * VAL_SIZE)).from_address(ctypes.addressof(raw.data.contents))
+            view = np.frombuffer(buf, np.uint8).reshape(n, VAL_SIZE)
+            view[:, 0] = k_elem
+            view[:, 8:8 + dt.itemsize] = arr.astype(dt, copy=False).view(np.uint8).reshape(n, -1)
+        c = p.contents
+        c.kind = _K["LIST"]
+        c.of.list = raw
+
+    return Ty(f"list<{elem_kind.lower()}>", lift, lower)
+
+
+BYTES = _dense("U8", "u1")
+LIST_U32 = _dense("U32", "<u4")
+LIST_F32 = _dense("F32", "<f4")
+
+
+def LIST(elem: Ty) -> Ty:
+    if elem is U32:
+        return LIST_U32
+    if elem is F32:
+        return LIST_F32
+    el_lift, el_lower = elem.lift, elem.lower
+    k_bool = _K["BOOL"]
+
+    def lift(c):
+        lst = c.of.list
+        out = []
+        try:
+            for i in range(lst.size):
+                e = lst.data[i]
+                out.append(el_lift(e))
+                e.kind = k_bool
+        finally:
+            ffi.wasmtime_component_vallist_delete(byref(lst))
+            c.kind = k_bool
+        return out
+
+    def lower(v, p):
+        v = list(v)
+        raw = ffi.wasmtime_component_vallist_t()
+        ffi.wasmtime_component_vallist_new_uninit(raw, len(v))
+        for i, e in enumerate(v):
+            el_lower(e, ctypes.pointer(raw.data[i]))
+        c = p.contents
+        c.kind = _K["LIST"]
+        c.of.list = raw
+
+    return Ty(f"list<{elem.name}>", lift, lower)
+
+
+def TUPLE(*elems: Ty) -> Ty:
+    lifts = [e.lift for e in elems]
+    lowers = [e.lower for e in elems]
+    k_bool = _K["BOOL"]
+
+    def lift(c):
+        tup = c.of.tuple
+        out = []
+        try:
+            for i, f in enumerate(lifts):
+                e = tup.data[i]
+                out.append(f(e))
+                e.kind = k_bool
+        finally:
+            ffi.wasmtime_component_valtuple_delete(byref(tup))
+            c.kind = k_bool
+        return tuple(out)
+
+    def lower(v, p):
+        if len(v) != len(lowers):
+            raise TypeError(f"expected a {len(lowers)}-tuple")
+        raw = ffi.wasmtime_component_valtuple_t()
+        ffi.wasmtime_component_valtuple_new_uninit(raw, len(lowers))
+        for i, (f, e) in enumerate(zip(lowers, v)):
+            f(e, ctypes.pointer(raw.data[i]))
+        c = p.contents
+        c.kind = _K["TUPLE"]
+        c.of.tuple = raw
+
+    return Ty("tuple<" + ", ".join(e.name for e in elems) + ">", lift, lower)
+
+
+def RECORD(*fields: tuple[str, Ty]) -> Ty:
+    """Records cross as tuples of their fields, in declaration order."""
+    lifts = [t.lift for _, t in fields]
+    k_bool = _K["BOOL"]
+
+    def lift(c):
+        rec = c.of.record
+        out = []
+        try:
+            for i, f in enumerate(lifts):
+                e = rec.data[i].val
+                out.append(f(e))
+                e.kind = k_bool
+        finally:
+            ffi.wasmtime_component_valrecord_delete(byref(rec))
+            c.kind = k_bool
+        return tuple(out)
+
+    def lower(v, p):
+        raise NotImplementedError("records are only passed from guest to host")
+
+    return Ty("record{" + ", ".join(n for n, _ in fields) + "}", lift, lower)
+
+
+def OPTION(inner: Ty) -> Ty:
+    k_bool = _K["BOOL"]
+
+    def lift(c):
+        ptr = c.of.option
+        if not ptr:
+            return None
+        v = inner.lift(ptr.contents)
+        ptr.contents.kind = k_bool
+        ffi.wasmtime_component_val_delete(ptr)
+        c.of.option = None
+        return v
+
+    def lower(v, p):
+        c = p.contents
+        c.kind = _K["OPTION"]
+        if v is None:
+            c.of.option = None
+        else:
+            raw = ffi.wasmtime_component_val_t()
+            inner.lower(v, ctypes.pointer(raw))
+            c.of.option = ffi.wasmtime_component_val_new(byref(raw))
+
+    return Ty(f"option<{inner.name}>", lift, lower)
+
+
+class Err:
+    """A host result value standing for `err(message)`."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def RESULT(ok: Ty | None) -> Ty:
+    """result<ok, string> (or result<_, string> when ok is None); lowering only."""
+
+    def lower(v, p):
+        c = p.contents
+        c.kind = _K["RESULT"]
+        raw = ffi.wasmtime_component_val_t()
+        if isinstance(v, Err):
+            c.of.result.is_ok = False
+            STRING.lower(v.message, ctypes.pointer(raw))
+            c.of.result.val = ffi.wasmtime_component_val_new(byref(raw))
+        else:
+            c.of.result.is_ok = True
+            if ok is None:
+                c.of.result.val = None
+            else:
+                ok.lower(v, ctypes.pointer(raw))
+                c.of.result.val = ffi.wasmtime_component_val_new(byref(raw))
+
+    def lift(c):
+        raise NotImplementedError("results are only passed from host to guest")
+
+    ty = Ty(f"result<{ok.name if ok else '_'}, string>", lift, lower)
+    return ty
+
+
+# --- registration -------------------------------------------------------------------------
+
+_FUNCS: dict[int, tuple] = {}
+_PENDING: dict[int, list] = {}
+_ids = itertools.count(1)
+
+
+def state_of(context) -> Any:
+    """The Python object stored as the Store's data."""
+    return _wv._unintern(ffi.wasmtime_context_get_data(context))
+
+
+def _error_ptr(message: str):
+    return ctypes.cast(WasmtimeError(message)._consume(), ctypes.c_void_p).value
+
+
+def _call_host(fn, params, is_result, state, args):
+    try:
+        return fn(state, *[lift(args[i]) for i, lift in enumerate(params)])
+    except GuestError as e:
+        if is_result:
+            return Err(str(e))
+        raise
+
+
+@ffi.wasmtime_component_func_callback_t
+def _sync_impl(idx, context, ty_raw, args, nargs, results, nresults):
+    fn, params, result, is_result = _FUNCS[idx]
+    try:
+        r = _call_host(fn, params, is_result, state_of(context), args)
+        if result is not None:
+            result.lower(r, results)
+        return 0
+    except BaseException as e:  # noqa: BLE001 - becomes a guest trap, never a host crash
+        return _error_ptr(f"host call failed: {type(e).__name__}: {e}")
+
+
+@ffi.wasmtime_func_async_continuation_callback_t
+def _cont_poll(key):
+    ent = _PENDING[key]
+    fut = ent[0]
+    if not fut.done():
+        return False
+    if fut.cancelled() or fut.exception() is not None:
+        return False  # the driver sees the failure and abandons the call
+    if ent[1] is not None:
+        ent[1].lower(fut.result(), ent[2])
+    return True
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _cont_finalize(key):
+    _PENDING.pop(key, None)
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _noop_finalize(idx):
+    return None
+
+
+async def _as_result(aw):
+    try:
+        return await aw
+    except GuestError as e:
+        return Err(str(e))
+
+
+@ffi.wasmtime_component_func_async_callback_t
+def _async_impl(idx, context, ty_raw, args, nargs, results, nresults, error_ret, cont):
+    fn, params, result, is_result = _FUNCS[idx]
+    loop = asyncio.get_running_loop()
+    try:
+        st = state_of(context)
+        r = _call_host(fn, params, is_result, st, args)
+        if isinstance(r, asyncio.Future):
+            fut = r
+        elif asyncio.iscoroutine(r) or isinstance(r, asyncio.Task):
+            fut = asyncio.ensure_future(_as_result(r) if is_result else r)
+        else:
+            fut = loop.create_future()
+            fut.set_result(r)
+        st.pending = fut
+    except BaseException as e:  # noqa: BLE001
+        error_ret[0] = ctypes.cast(WasmtimeError(f"host call failed: {type(e).__name__}: {e}")
+                                   ._consume(), POINTER(ffi.wasmtime_error_t))
+        fut = loop.create_future()
+        fut.set_result(None)
+        result = None
+    key = next(_ids)
+    _PENDING[key] = [fut, result, results]
+    cont[0].callback = _cont_poll
+    cont[0].env = key
+    cont[0].finalizer = _cont_finalize
+
+
+def add_func(linker_instance: Any, name: str, fn: Callable, params: list[Ty], result: Ty | None,
+             *, is_async: bool = False) -> None:
+    """Register `fn(state, *args)` as import `name` with pre-bound converters."""
+    idx = next(_ids)
+    is_result = result is not None and result.name.startswith("result<")
+    _FUNCS[idx] = (fn, [p.lift for p in params], result, is_result)
+    b = name.encode()
+    add = (ffi.wasmtime_component_linker_instance_add_func_async if is_async
+           else ffi.wasmtime_component_linker_instance_add_func)
+    err = add(linker_instance.ptr(), ctypes.create_string_buffer(b), len(b),
+              _async_impl if is_async else _sync_impl, idx, _noop_finalize)
+    if err:
+        raise WasmtimeError._from_ptr(err)
+
+
+# --- driving guest calls from asyncio -----------------------------------------------------
+
+
+async def _drive(call_future, state) -> None:
+    """Poll a wasmtime call future; park on the host future the guest is waiting for."""
+    poll = ffi.wasmtime_call_future_poll
+    while not poll(call_future):
+        p = state.pending
+        if p is not None:
+            state.pending = None
+            if not p.done():
+                await asyncio.wait((p,))
+            if p.cancelled():
+                raise asyncio.CancelledError
+            exc = p.exception()
+            if exc is not None:
+                raise exc
+        else:
+            await asyncio.sleep(0)  # an epoch yield: let other guests run
+
+
+async def instantiate_async(linker: Any, store: Any, component: Any) -> Any:
+    from wasmtime.component import Instance
+
+    inst = ffi.wasmtime_component_instance_t()
+    err = POINTER(ffi.wasmtime_error_t)()
+    fut = ffi.wasmtime_component_linker_instantiate_async(
+        linker.ptr(), store._context(), component.ptr(), byref(inst), byref(err))
+    try:
+        await _drive(fut, store.data())
+    finally:
+        ffi.wasmtime_call_future_delete(fut)
+    if err:
+        raise WasmtimeError._from_ptr(err)
+    return Instance._from_raw(inst)
+
+
+async def call_run_async(store: Any, func: Any, arg: str) -> tuple[bool, str]:
+    """Call the guest's `run(input: string) -> result<string, string>`; (ok, payload)."""
+    params = (ffi.wasmtime_component_val_t * 1)()
+    STRING.lower(arg, ctypes.pointer(params[0]))
+    result = ffi.wasmtime_component_val_t()
+    err = POINTER(ffi.wasmtime_error_t)()
+    fut = ffi.wasmtime_component_func_call_async(
+        byref(func._func), store._context(), params, 1, byref(result), 1, byref(err))
+    try:
+        await _drive(fut, store.data())
+    finally:
+        ffi.wasmtime_call_future_delete(fut)
+        ffi.wasmtime_component_val_delete(byref(params[0]))
+    if err:
+        raise WasmtimeError._from_ptr(err)
+    return _lift_run_result(result)
+
+
+def _lift_run_result(result) -> tuple[bool, str]:
+    assert result.kind == _K["RESULT"]
+    ok = bool(result.of.result.is_ok)
+    ptr = result.of.result.val
+    payload = ""
+    if ptr:
+        payload = STRING.lift(ptr.contents)
+        ptr.contents.kind = _K["BOOL"]
+        ffi.wasmtime_component_val_delete(ptr)
+        result.of.result.val = None
+    return ok, payload

@@ -1,0 +1,309 @@
+"""The wasmtime sandbox: one engine, one linker, one guest instance per inferlet process.
+
+* Engine: epoch interruption on; a ticker thread advances the epoch every `tick_s`, and every
+  guest yields to the event loop each `yield_ticks` epochs (fair sharing of the one thread); a
+  wall-time limit, when set, cancels a guest that runs too long.
+* Limits from [runtime]: `wasm_max_memory_mb` caps each guest's linear memory,
+  `wasm_max_instances` caps live guests, `allow_fs` gives a per-process `/scratch` under
+  `fs_scratch_dir`, `allow_network` lets WASI sockets out (deny by default otherwise).
+* Guests run as coroutines of the controller's loop (`mode="fiber"`): an import that waits
+  on the engine parks the guest's wasmtime fiber, so every guest waiting on a forward pass can
+  join one batch. `mode="thread"` is the fallback: one OS thread per guest, each host call
+  hops to the loop and blocks its thread (same imports, same results, worse batching).
+
+Called by `pie/processes.py` (`Sandbox.start`, `Sandbox.run`, `Sandbox.close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import zipfile
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime.component import Component, Linker
+
+from pie.sandbox import abi, runner
+from pie.sandbox.host import IFACE, IMPORTS, GuestState
+
+log = logging.getLogger(__name__)
+
+
+class SandboxError(RuntimeError):
+    """An inferlet could not be started or was stopped by a limit; the message says which."""
+
+
+@dataclass
+class RuntimePolicy:
+    """The [runtime] keys the sandbox uses (any object with these attributes works)."""
+
+    wasm_max_instances: int = 1000
+    wasm_max_memory_mb: int = 4096
+    allow_fs: bool = False
+    fs_scratch_dir: str = ""
+    allow_network: bool = True
+    network_allowed_hosts: tuple[str, ...] = ("*",)
+
+    @classmethod
+    def of(cls, cfg: Any) -> "RuntimePolicy":
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, dict):
+            get = cfg.get
+        else:
+            def get(k, d=None):
+                return getattr(cfg, k, d)
+        d = cls()
+        return cls(
+            wasm_max_instances=int(get("wasm_max_instances", d.wasm_max_instances)),
+            wasm_max_memory_mb=int(get("wasm_max_memory_mb", d.wasm_max_memory_mb)),
+            allow_fs=bool(get("allow_fs", d.allow_fs)),
+            fs_scratch_dir=str(get("fs_scratch_dir", "") or ""),
+            allow_network=bool(get("allow_network", d.allow_network)),
+            network_allowed_hosts=tuple(get("network_allowed_hosts", d.network_allowed_hosts)),
+        )
+
+
+def python_program(payload: bytes, entry: str = "main", call: str = "input",
+                   ) -> tuple[list[tuple[str, bytes]], tuple[str, str]]:
+    """(files, (module:function, call style)) for a `.py` source or a zip of modules."""
+    if call not in ("input", "kwargs"):
+        raise SandboxError(f'[runtime] call must be "input" or "kwargs", not {call!r}')
+    if payload[:4] != b"PK\x03\x04":
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SandboxError("a Python inferlet must be UTF-8 source or a zip") from None
+        module, _, fn = entry.rpartition(":")
+        return [("main.py", payload)], (f"{module or 'main'}:{fn or 'main'}", call)
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as z:
+            files = [(n, z.read(n)) for n in z.namelist()
+                     if n.endswith(".py") and not n.startswith(("/", "..")) and ".." not in n]
+    except zipfile.BadZipFile:
+        raise SandboxError("the inferlet archive is not a valid zip file") from None
+    tops = {n.split("/")[0] for n, _ in files}
+    if len(tops) == 1 and all("/" in n for n, _ in files):  # zipped from the directory
+        prefix = next(iter(tops)) + "/"
+        if not any(n == prefix + "__init__.py" for n, _ in files):
+            files = [(n[len(prefix):], d) for n, d in files]
+    names = {n for n, _ in files}
+    module, _, fn = entry.rpartition(":")
+    if not module:
+        if "main.py" in names:
+            module = "main"
+        else:
+            top = [n[:-3] for n in names if "/" not in n]
+            if len(top) != 1:
+                raise SandboxError('cannot tell which module holds the entry; set [runtime] '
+                                   'entry = "module:function" in Pie.toml')
+            module = top[0]
+    return files, (f"{module}:{fn or 'main'}", call)
+
+
+class Sandbox:
+    def __init__(self, runtime_cfg: Any = None, *, python_snapshot: bool = True,
+                 mode: str = "fiber", tick_s: float = 0.01, yield_ticks: int = 1,
+                 wall_time_limit_s: float | None = None) -> None:
+        if mode not in ("fiber", "thread"):
+            raise ValueError('mode must be "fiber" or "thread"')
+        self.policy = RuntimePolicy.of(runtime_cfg)
+        self.python_snapshot = python_snapshot
+        self.mode = mode
+        self.tick_s = tick_s
+        self.yield_ticks = yield_ticks
+        self.wall_time_limit_s = wall_time_limit_s
+        self.active = 0
+        self._engine: Engine | None = None
+        self._linker: Linker | None = None
+        self._runner: Component | None = None
+        self._components: dict[str, Component] = {}
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._sdk_files = runner.sdk_sources() if not python_snapshot else []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def engine_key(self) -> str:
+        return "epoch1"
+
+    async def start(self, progress: Callable[[str], None] = log.info) -> None:
+        if self._engine is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        cfg = Config()
+        cfg.epoch_interruption = True
+        self._engine = Engine(cfg)
+        self._runner = await asyncio.to_thread(runner.load, self._engine, self.engine_key, progress)
+        self._linker = self._make_linker()
+        self._ticker = threading.Thread(target=self._tick, name="pie-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        engine = self._engine
+        while not self._stop.wait(self.tick_s):
+            engine.increment_epoch()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1)
+            self._ticker = None
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _make_linker(self) -> Linker:
+        linker = Linker(self._engine)
+        linker.add_wasip2()
+        by_iface: dict[str, list] = {}
+        for iface, name, fn, params, result, waits in IMPORTS:
+            by_iface.setdefault(iface, []).append((name, fn, params, result, waits))
+        with linker.root() as root:
+            for iface, funcs in by_iface.items():
+                with root.add_instance(IFACE.format(iface)) as inst:
+                    for name, fn, params, result, waits in funcs:
+                        if self.mode == "fiber":
+                            abi.add_func(inst, name, fn, params, result, is_async=waits)
+                        else:
+                            abi.add_func(inst, name, _hop(fn), params, result)
+        return linker
+
+    # --- components ------------------------------------------------------------------------
+
+    def component_for(self, kind: str, payload: bytes, digest: str = "") -> Component:
+        if kind == "python":
+            return self._runner
+        key = digest or hashlib.sha256(payload).hexdigest()
+        comp = self._components.get(key)
+        if comp is None:
+            from pie.paths import cache_dir
+
+            path = cache_dir() / "components" / f"{key[:32]}-{self.engine_key}.cwasm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                comp = Component.deserialize_file(self._engine, str(path))
+            else:
+                try:
+                    comp = Component(self._engine, payload)
+                except WasmtimeError as e:
+                    raise SandboxError(f"the program is not a valid component: "
+                                       f"{str(e).splitlines()[0]}") from None
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(comp.serialize())
+                os.replace(tmp, path)
+            self._components[key] = comp
+        return comp
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _wasi(self, state: GuestState) -> tuple[WasiConfig, Path | None]:
+        w = WasiConfig()
+        w.stdout_custom = lambda b: state.emit("stdout", bytes(b).decode("utf-8", "replace"))
+        w.stderr_custom = lambda b: state.emit("stderr", bytes(b).decode("utf-8", "replace"))
+        scratch = None
+        if self.policy.allow_fs:
+            root = Path(self.policy.fs_scratch_dir or os.path.join(
+                os.environ.get("TMPDIR", "/tmp"), "pie"))
+            scratch = root / state.pid
+            scratch.mkdir(parents=True, exist_ok=True)
+            w.preopen_dir(str(scratch), "/scratch")
+        if self.policy.allow_network and "*" in self.policy.network_allowed_hosts:
+            # WASI sockets have no per-connection hook here: only the unrestricted
+            # allow-list can be honoured, any narrower list keeps the network closed.
+            ffi.wasi_config_inherit_network(w.ptr())
+            ffi.wasi_config_allow_ip_name_lookup(w.ptr(), True)
+        return w, scratch
+
+    def prepare_python(self, state: GuestState, payload: bytes, entry: str, call: str) -> None:
+        state.files, state.entry = python_program(payload, entry, call)
+        state.sdk_files = self._sdk_files
+
+    async def run(self, state: GuestState, component: Component, input: str) -> tuple[bool, str]:
+        """Instantiate and run a guest to the end: (ok, return text or error message)."""
+        if self._engine is None:
+            raise SandboxError("the sandbox is not started")
+        if self.active >= self.policy.wasm_max_instances:
+            raise SandboxError(f"too many inferlets are running (wasm_max_instances = "
+                               f"{self.policy.wasm_max_instances}); wait or raise the limit")
+        self.active += 1
+        wasi, scratch = self._wasi(state)
+        store = Store(self._engine, data=state)
+        try:
+            store.set_wasi(wasi)
+            store.set_limits(memory_size=self.policy.wasm_max_memory_mb << 20)
+            if self.mode == "fiber":
+                abi.epoch_yield_every(store, self.yield_ticks)
+                coro = self._run_fiber(store, component, input)
+            else:
+                state.loop = asyncio.get_running_loop()
+                store.set_epoch_deadline(1 << 62)
+                coro = asyncio.to_thread(self._run_thread, store, component, input)
+            if self.wall_time_limit_s is not None:
+                try:
+                    return await asyncio.wait_for(coro, self.wall_time_limit_s)
+                except asyncio.TimeoutError:
+                    return False, (f"the inferlet ran longer than its wall-time limit "
+                                   f"({self.wall_time_limit_s:g} s) and was stopped")
+            return await coro
+        except WasmtimeError as e:
+            return False, self._trap_message(e)
+        finally:
+            self.active -= 1
+            state.close()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _run_fiber(self, store: Store, component: Component, input: str):
+        inst = await abi.instantiate_async(self._linker, store, component)
+        run = inst.get_func(store, "run")
+        if run is None:
+            raise SandboxError("the component does not export run(input) -> result<string, string>")
+        return await abi.call_run_async(store, run, input)
+
+    def _run_thread(self, store: Store, component: Component, input: str):
+        inst = self._linker.instantiate(store, component)
+        run = inst.get_func(store, "run")
+        res = run(store, input)
+        return res.tag == "ok", str(res.payload)
+
+    def _trap_message(self, e: WasmtimeError) -> str:
+        text = str(e)
+        first = text.strip().splitlines()[0] if text.strip() else "trap"
+        if "memory" in text and ("limit" in text or "grow" in text or "unreachable" in text):
+            return (f"the inferlet ran out of memory (wasm_max_memory_mb = "
+                    f"{self.policy.wasm_max_memory_mb}): {first}")
+        if "unreachable" in text:
+            return (f"the inferlet crashed (likely out of memory; wasm_max_memory_mb = "
+                    f"{self.policy.wasm_max_memory_mb}): {first}")
+        return f"the inferlet trapped: {first}"
+
+
+def _hop(fn: Callable) -> Callable:
+    """Thread mode: run a host function on the event loop and block the guest's thread."""
+
+    def call(state: GuestState, *args: Any) -> Any:
+        async def on_loop():
+            r = fn(state, *args)
+            if asyncio.isfuture(r) or asyncio.iscoroutine(r):
+                r = await r
+            return r
+
+        return asyncio.run_coroutine_threadsafe(on_loop(), state.loop).result()
+
+    return call

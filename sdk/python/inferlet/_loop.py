@@ -1,0 +1,85 @@
+"""The guest's asyncio event loop: coroutines run inside the inferlet, waits go to the host.
+
+`asyncio.run()` cannot work under WASI (no self-pipe), so the SDK drives coroutines with a
+loop built on `asyncio.BaseEventLoop` whose "selector" asks the host to suspend this guest
+until one of the host futures it is waiting on completes (`poll.wait`). Every SDK call that
+waits on the engine goes through `wait_for`, so several generations in one inferlet run
+concurrently and their forward passes reach the engine together.
+
+Called by the runner (`run_main`) and by every awaiting SDK function (`wait_for`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+from wit_world.imports import poll as _poll
+
+# host future handle -> the asyncio future awaiting it
+_pending: dict[int, asyncio.Future] = {}
+
+
+def _resolve(ready: list[int]) -> None:
+    for handle in ready:
+        fut = _pending.pop(handle, None)
+        if fut is not None and not fut.done():
+            fut.set_result(handle)
+
+
+class _HostSelector:
+    """Stands in for a selector: the only events a guest waits on are host futures."""
+
+    def select(self, timeout: float | None) -> list:
+        if _pending:
+            handles = list(_pending)
+            if timeout == 0:
+                ready = _poll.ready(handles)
+            else:
+                ready = _poll.wait(handles, -1 if timeout is None else int(timeout * 1e6))
+            _resolve(ready)
+        elif timeout is None:
+            raise RuntimeError(
+                "the inferlet awaits something that can never complete "
+                "(no host operation is pending)"
+            )
+        elif timeout > 0:
+            _poll.wait([], int(timeout * 1e6))
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class GuestLoop(asyncio.BaseEventLoop):
+    def __init__(self) -> None:
+        super().__init__()
+        self._selector = _HostSelector()
+
+    def _process_events(self, event_list: list) -> None:
+        pass
+
+    def _write_to_self(self) -> None:
+        pass
+
+
+async def wait_for(handle: int) -> int:
+    """Suspend the calling coroutine until host future `handle` is ready; returns it."""
+    fut = asyncio.get_running_loop().create_future()
+    _pending[handle] = fut
+    try:
+        return await fut
+    finally:
+        _pending.pop(handle, None)
+
+
+def run_main(fn: Callable[..., Awaitable[Any]], args: tuple, kwargs: dict) -> Any:
+    """Run an async entry function to completion on a fresh guest loop."""
+    loop = GuestLoop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(fn(*args, **kwargs))
+    finally:
+        _pending.clear()
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -1,0 +1,235 @@
+"""The inferlet's KV context: chat fills, prefill, forward passes, forks and snapshots.
+
+The SDK keeps the page accounting the engine checks: before a pass it reserves the working
+pages the new tokens need, after it commits every full working page (so identical prefixes are
+shared engine-wide). Chat fills are text until the next pass, so a whole prompt is encoded in
+one piece, exactly as the model's tokenizer would encode the rendered template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wit_world.imports import context as _ctx
+
+from . import _loop
+from ._errors import PieError, call
+from .forward import Forward, Output, submit
+from .model import Model
+from .sampler import Probe, Sampler
+
+
+class Context:
+    """A KV cache handle owned by this inferlet. Use as a context manager to release it."""
+
+    def __init__(self, model: Model | None = None, *, _handle: int | None = None) -> None:
+        self.model = model if model is not None else Model.load()
+        self._h = call(_ctx.create, self.model._h) if _handle is None else _handle
+        self.page_size, self.committed_pages, self.working_pages, self.working_tokens = call(
+            _ctx.pages, self._h
+        )
+        self.seq_len = self.committed_pages * self.page_size + self.working_tokens
+        self._buffer: list[int] = []
+        self._text = ""  # pending chat text, encoded at the next pass
+        self._messages: list[tuple[str, str]] = []
+        self._rendered = ""
+        self._released = False
+
+    # --- chat fills (no engine work until the next pass) ----------------------------------
+
+    def _fill(self, role: str, content: str) -> "Context":
+        msgs = self._messages + [(role, content)]
+        text = self.model.render_chat(msgs, False)
+        self._text += text[len(self._rendered):] if text.startswith(self._rendered) else text
+        self._messages, self._rendered = msgs, text
+        return self
+
+    def system(self, text: str) -> "Context":
+        return self._fill("system", text)
+
+    def user(self, text: str) -> "Context":
+        return self._fill("user", text)
+
+    def assistant(self, text: str) -> "Context":
+        return self._fill("assistant", text)
+
+    def cue(self) -> "Context":
+        """Open the assistant turn (the template's generation prompt)."""
+        full = self.model.render_chat(self._messages, True)
+        self._text += full[len(self._rendered):]
+        self._rendered = full
+        return self
+
+    def seal(self) -> "Context":
+        """Close a generated assistant turn: nothing to add when it ended on a stop token."""
+        return self
+
+    def _record_reply(self, text: str) -> None:
+        self._messages = self._messages + [("assistant", text)]
+        self._rendered = self.model.render_chat(self._messages, False)
+
+    def append(self, tokens: list[int] | str) -> "Context":
+        """Append raw tokens (or text) to the pending input."""
+        if isinstance(tokens, str):
+            self._text += tokens
+        else:
+            self._encode_text()
+            self._buffer.extend(int(t) for t in tokens)
+        return self
+
+    append_text = append
+
+    def _encode_text(self) -> None:
+        if self._text:
+            self._buffer.extend(self.model.tokenizer().encode(self._text))
+            self._text = ""
+
+    def buffer(self) -> list[int]:
+        self._encode_text()
+        return list(self._buffer)
+
+    def _take_buffer(self) -> list[int]:
+        self._encode_text()
+        out, self._buffer = self._buffer, []
+        return out
+
+    # --- passes ----------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Prefill every pending token (one pass, no output)."""
+        self._check()
+        tokens = self._take_buffer()
+        if tokens:
+            pos = list(range(self.seq_len, self.seq_len + len(tokens)))
+            await self._run_pass(tokens, pos, [], [], [])
+
+    def forward(self) -> Forward:
+        return Forward(self)
+
+    async def _run_pass(self, tokens: list[int], positions: list[int],
+                        slots: list[tuple[int, Sampler | Probe]], attn: list[list[int]],
+                        mask: list[int]) -> Output:
+        self._check()
+        pending = self._take_buffer()
+        if pending:  # tokens buffered before this pass go first
+            base = self.seq_len
+            positions = list(range(base, base + len(pending))) + [p for p in positions]
+            slots = [(i + len(pending), s) for i, s in slots]
+            tokens = pending + list(tokens)
+        if not tokens:
+            raise PieError("a forward pass needs at least one input token")
+        n = len(tokens)
+        need = -(-(self.working_tokens + n) // self.page_size) - self.working_pages
+        if need > 0:
+            call(_ctx.reserve_pages, self._h, need)
+            self.working_pages += need
+        handle = submit(self._h, tokens, positions, slots, attn, mask)
+        await _loop.wait_for(handle)
+        out = Output(handle, [s for _, s in slots])
+        self.working_tokens += n
+        self.seq_len = max(self.seq_len + n, max(positions) + 1)
+        full = self.working_tokens // self.page_size
+        if full:
+            call(_ctx.commit_pages, self._h, full)
+            self.committed_pages += full
+            self.working_pages -= full
+            self.working_tokens -= full * self.page_size
+        return out
+
+    def generate(self, sampler: Sampler | None = None, *, max_tokens: int = 256,
+                 stop: list[int] | None = None, constrain: Any = None,
+                 logit_mask: list[int] | None = None, ignore_eos: bool = False,
+                 probes: list[Probe] | None = None):
+        from .generation import Generator
+
+        return Generator(self, sampler or Sampler.argmax(), max_tokens=max_tokens, stop=stop,
+                         constrain=constrain, logit_mask=logit_mask, ignore_eos=ignore_eos,
+                         probes=probes)
+
+    async def generate_text(self, sampler: Sampler | None = None, *, max_tokens: int = 256,
+                            stop: list[int] | None = None, constrain: Any = None,
+                            ignore_eos: bool = False, on_text=None) -> str:
+        """Generate and return the decoded text (without the final stop token)."""
+        gen = self.generate(sampler, max_tokens=max_tokens, stop=stop, constrain=constrain,
+                            ignore_eos=ignore_eos)
+        return await gen.collect_text(on_text=on_text)
+
+    async def generate_tokens(self, sampler: Sampler | None = None, **kw: Any) -> list[int]:
+        return await self.generate(sampler, **kw).collect_tokens()
+
+    # --- structure -------------------------------------------------------------------------
+
+    async def fork(self) -> "Context":
+        """A copy sharing this context's KV; pending (unflushed) input is copied too."""
+        self._check()
+        child = Context(self.model, _handle=call(_ctx.fork, self._h))
+        child._copy_pending_from(self)
+        return child
+
+    def fork_sync(self) -> "Context":
+        self._check()
+        child = Context(self.model, _handle=call(_ctx.fork, self._h))
+        child._copy_pending_from(self)
+        return child
+
+    def _copy_pending_from(self, other: "Context") -> None:
+        self._buffer = list(other._buffer)
+        self._text = other._text
+        self._messages = list(other._messages)
+        self._rendered = other._rendered
+        self.seq_len = other.seq_len
+
+    async def save(self, name: str) -> None:
+        """Save a named snapshot (pending input is flushed first)."""
+        await self.flush()
+        call(_ctx.save, self._h, name)
+
+    @staticmethod
+    def open(model: Model, name: str) -> "Context":
+        return Context(model, _handle=call(_ctx.open, model._h, name))
+
+    @staticmethod
+    def take(model: Model, name: str) -> "Context":
+        return Context(model, _handle=call(_ctx.take, model._h, name))
+
+    @staticmethod
+    def delete(model: Model, name: str) -> None:
+        call(_ctx.delete, model._h, name)
+
+    def truncate(self, n: int) -> None:
+        """Forget the last n tokens written into working pages."""
+        call(_ctx.truncate_tokens, self._h, n)
+        self._sync()
+
+    def release_pages(self, n: int) -> None:
+        call(_ctx.release_pages, self._h, n)
+        self._sync()
+
+    def _sync(self) -> None:
+        _, self.committed_pages, self.working_pages, self.working_tokens = call(_ctx.pages, self._h)
+
+    def set_bid(self, value: float) -> None:
+        call(_ctx.set_bid, self._h, float(value))
+
+    def suspend(self) -> None:
+        call(_ctx.suspend, self._h)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            call(_ctx.destroy, self._h)
+
+    destroy = release
+
+    def _check(self) -> None:
+        if self._released:
+            raise PieError("this context was released; create or fork a new one")
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"Context(model={self.model.name!r}, seq_len={self.seq_len})"

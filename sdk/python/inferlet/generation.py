@@ -1,0 +1,167 @@
+"""Token generation on a context: `async for step in ctx.generate(...)`, one pass per step.
+
+Each step feeds the pending input (the prompt on the first step, then the last sampled token),
+samples one token at the last input, and stops at a stop token or `max_tokens`. The sampled
+token enters the KV cache on the next pass, so a finished context ends with its last token
+still pending (a later fill or flush writes it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ._errors import PieError
+from .forward import Output
+from .sampler import Probe, Sampler
+
+
+class StepOutput:
+    """What one step produced: `tokens` (the accepted tokens) plus probe results."""
+
+    def __init__(self, tokens: list[int], output: Output, probe_slots: list[int]) -> None:
+        self.tokens = tokens
+        self.output = output
+        self._probe_slots = probe_slots
+
+    @property
+    def token(self) -> int:
+        return self.tokens[0]
+
+    def distribution(self, i: int = 0) -> tuple[list[int], list[float]]:
+        return self.output.distribution(self._probe_slots[i])
+
+    def logprobs(self, i: int = 0) -> list[float]:
+        return self.output.logprobs(self._probe_slots[i])
+
+    def entropy(self, i: int = 0) -> float:
+        return self.output.entropy(self._probe_slots[i])
+
+    def logits(self, i: int = 0) -> list[float]:
+        return self.output.logits(self._probe_slots[i])
+
+
+class GenStep:
+    def __init__(self, gen: "Generator") -> None:
+        self._gen = gen
+
+    async def execute(self) -> StepOutput:
+        return await self._gen._step()
+
+
+class Generator:
+    def __init__(self, ctx, sampler: Sampler, *, max_tokens: int, stop: list[int] | None,
+                 constrain: Any, logit_mask: list[int] | None, ignore_eos: bool,
+                 probes: list[Probe] | None) -> None:
+        if max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0")
+        self.ctx = ctx
+        self.sampler = sampler
+        self.max_tokens = max_tokens
+        if ignore_eos:
+            self.stop: set[int] = set(stop or [])
+        else:
+            self.stop = set(ctx.model.stop_tokens() if stop is None else stop)
+        self._constraints = [] if constrain is None else (
+            list(constrain) if isinstance(constrain, (list, tuple)) else [constrain])
+        self._constraints = [c.build_constraint(ctx.model) if hasattr(c, "build_constraint")
+                             else c for c in self._constraints]
+        self._mask = list(logit_mask or [])
+        self._probes = list(probes or [])
+        self.generated: list[int] = []
+        self._last: list[int] = []
+        self.done = max_tokens == 0
+        self.stopped_by: int | None = None
+
+    def is_done(self) -> bool:
+        return self.done
+
+    def tokens_generated(self) -> int:
+        return len(self.generated)
+
+    def __aiter__(self) -> "Generator":
+        return self
+
+    async def __anext__(self) -> GenStep:
+        if self.done:
+            raise StopAsyncIteration
+        return GenStep(self)
+
+    async def _step(self) -> StepOutput:
+        if self.done:
+            raise PieError("this generation is finished")
+        ctx = self.ctx
+        mask = self._mask
+        for c in self._constraints:
+            m = c.step(self._last)
+            mask = _brle_and(mask, m) if mask else list(m)
+        tokens = ctx._take_buffer()
+        if not tokens:
+            self.done = True
+            raise PieError("nothing to generate from: the context has no pending input")
+        last = len(tokens) - 1
+        slots: list[tuple[int, Sampler | Probe]] = [(last, self.sampler)]
+        slots += [(last, p) for p in self._probes]
+        pos = list(range(ctx.seq_len, ctx.seq_len + len(tokens)))
+        out = await ctx._run_pass(tokens, pos, slots, [], mask)
+        tok = out.tokens[0]
+        self.generated.append(tok)
+        self._last = [tok]
+        ctx._buffer.append(tok)
+        if tok in self.stop:
+            self.done, self.stopped_by = True, tok
+        elif len(self.generated) >= self.max_tokens:
+            self.done = True
+        return StepOutput([tok], out, list(range(1, len(slots))))
+
+    async def collect_tokens(self) -> list[int]:
+        async for step in self:
+            await step.execute()
+        return list(self.generated)
+
+    async def collect_text(self, on_text: Callable[[str], Any] | None = None) -> str:
+        from .chat import Decoder, Delta, Done
+
+        dec = Decoder(self.ctx.model, stop=self.stop)
+        async for step in self:
+            out = await step.execute()
+            ev = dec.feed(out.tokens)
+            if on_text is not None and isinstance(ev, Delta) and ev.text:
+                on_text(ev.text)
+        text = dec.text()
+        if self.stopped_by is not None:
+            self.ctx._record_reply(text)
+        return text
+
+    async def collect_json(self) -> Any:
+        import json
+
+        return json.loads(await self.collect_text())
+
+
+def _brle_and(a: list[int], b: list[int]) -> list[int]:
+    """Intersection of two BRLE masks (empty = all allowed)."""
+    if not a:
+        return list(b)
+    if not b:
+        return list(a)
+    def bits(m: list[int]) -> list[bool]:
+        out: list[bool] = []
+        v = False
+        for run in m:
+            out.extend([v] * run)
+            v = not v
+        return out
+    x, y = bits(a), bits(b)
+    n = max(len(x), len(y))
+    x += [True] * (n - len(x))
+    y += [True] * (n - len(y))
+    runs, cur, count = [], False, 0
+    for u, w in zip(x, y):
+        v = u and w
+        if v == cur:
+            count += 1
+        else:
+            runs.append(count)
+            cur, count = v, 1
+    runs.append(count)
+    return runs
