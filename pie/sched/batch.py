@@ -101,6 +101,7 @@ def select(
         oi = req.out_index
         outs = np.flatnonzero((oi >= lo) & (oi < hi)) if len(oi) else _EMPTY_I32
         parts.append(Part(req, lo, hi, outs))
+        req.sent = hi
         budget -= hi - lo
         if hi < req.size:
             left.append(req)
