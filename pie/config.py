@@ -163,7 +163,7 @@ class DriverConfig(msgspec.Struct, kw_only=True):
     device: list[str]
     """Devices of this model, e.g. ["cuda:0", "cuda:1"] or ["cpu"]; disjoint across models."""
     tensor_parallel_size: int = 1
-    """Tensor-parallel world size; the devices form len(device) / this data-parallel groups."""
+    """Tensor-parallel world size; devices form len(device) / this data-parallel groups."""
     activation_dtype: ActivationDtype = "bfloat16"
     """Activation dtype of forward passes: float32, float16 or bfloat16."""
     random_seed: int = 42
@@ -195,8 +195,13 @@ class DriverConfig(msgspec.Struct, kw_only=True):
 
     @property
     def groups(self) -> list[list[str]]:
-        """The data-parallel device groups: consecutive runs of tensor_parallel_size devices."""
+        """The data-parallel device groups: consecutive runs of tensor_parallel_size devices.
+
+        A lone "cpu" hosts every tensor-parallel rank itself: one group of that many ranks.
+        """
         tp = self.tensor_parallel_size
+        if self.device == ["cpu"]:
+            return [["cpu"] * tp]
         return [self.device[i : i + tp] for i in range(0, len(self.device), tp)]
 
 
@@ -241,37 +246,47 @@ class PieConfig(msgspec.Struct, kw_only=True):
 class _EmbeddedOptions(msgspec.Struct, kw_only=True):
     kv_page_size: int = 16
     """Tokens per KV cache page."""
+    host_pages: int | None = None
+    """Host-memory slots for suspended (swapped-out) pages; unset: total_pages / 4."""
     max_batch_tokens: int = 10240
     """Maximum tokens across all requests of one batch."""
     max_batch_size: int = 512
     """Maximum requests in one batch."""
     max_dist_size: int = 32
     """Largest top-k distribution a sampler may ask for."""
+    max_model_len: int | None = None
+    """Longest sequence a context may reach; unset: the model's context length."""
+    num_threads: int = 1
+    """Torch intra-op threads of each worker process."""
+    omp_wait_policy: OmpWaitPolicy = "passive"
+    """OpenMP wait policy of the worker: "passive" holds up under load, "active" spins."""
     spin_us: int = 100
-    """Microseconds the worker spins on its ring before parking (0: park at once)."""
+    """Microseconds a ring wait spins before parking (0: park at once)."""
+    ring_slots: int = 8
+    """Slots per worker ring (batches in flight)."""
+    ring_slot_bytes: int = 8 << 20
+    """Bytes per ring slot: the largest batch descriptor or result."""
 
 
 class PortableOptions(_EmbeddedOptions, kw_only=True):
-    total_pages: int = 1024
-    """KV cache pages allocated by the worker."""
-    num_threads: int = 1
-    """Torch intra-op threads of the worker."""
-    omp_wait_policy: OmpWaitPolicy = "passive"
-    """OpenMP wait policy of the worker: "passive" holds up under load, "active" spins."""
+    total_pages: int | None = None
+    """KV cache pages; unset: 1024 on CPU, sized from gpu_mem_utilization on a GPU."""
+    gpu_mem_utilization: float = 0.85
+    """On a GPU: fraction of device memory for weights plus KV cache, in (0, 1]."""
 
 
 class CudaNativeOptions(_EmbeddedOptions, kw_only=True):
-    gpu_mem_utilization: float = 0.85
-    """Fraction of device memory for weights plus KV cache, in (0, 1]."""
     total_pages: int | None = None
     """KV cache pages; unset: as many as gpu_mem_utilization leaves room for."""
+    gpu_mem_utilization: float = 0.85
+    """Fraction of device memory for weights plus KV cache, in (0, 1]."""
 
 
 class DummyOptions(_EmbeddedOptions, kw_only=True):
-    vocab_size: int = 49152
-    """Vocabulary size of the random logits."""
     total_pages: int = 1024
     """KV cache pages the dummy worker pretends to have."""
+    vocab_size: int = 49152
+    """Vocabulary size of the random logits."""
     step_latency_us: int = 0
     """Simulated time of one forward step, in microseconds."""
 
@@ -632,7 +647,7 @@ def _validate(cfg: PieConfig) -> list[str]:
         tp = d.tensor_parallel_size
         if tp <= 0:
             issues.append(f"{p}.driver.tensor_parallel_size must be > 0, got {tp}")
-        elif d.device and len(d.device) % tp:
+        elif d.device and d.device != ["cpu"] and len(d.device) % tp:
             issues.append(
                 f"{p}.driver.tensor_parallel_size {tp} does not divide the {len(d.device)} "
                 "devices of driver.device"
@@ -650,10 +665,10 @@ def _validate(cfg: PieConfig) -> list[str]:
                         value,
                         allow_zero=name in _NON_NEGATIVE_OPTIONS,
                     )
-            if isinstance(typed, CudaNativeOptions) and not 0 < typed.gpu_mem_utilization <= 1:
+            util = getattr(typed, "gpu_mem_utilization", None)
+            if util is not None and not 0 < util <= 1:
                 issues.append(
-                    f"{p}.driver.options.gpu_mem_utilization must be in (0, 1], "
-                    f"got {typed.gpu_mem_utilization}"
+                    f"{p}.driver.options.gpu_mem_utilization must be in (0, 1], got {util}"
                 )
     return issues
 

@@ -215,7 +215,6 @@ RANGE_CASES = [
     ("model.0.driver.type", "tpu", 'one of "portable", "cuda_native", "dummy"'),
     ("model.0.driver.activation_dtype", "int8", 'one of "float32", "float16", "bfloat16"'),
     ("model.0.driver.tensor_parallel_size", "0", "tensor_parallel_size must be > 0"),
-    ("model.0.driver.tensor_parallel_size", "2", "does not divide the 1 devices"),
     ("model.0.driver.random_seed", "-1", "random_seed must be >= 0"),
     ("model.0.driver.device", "", "must list at least one device"),
     ("model.0.driver.device", "cpu,cpu", 'lists "cpu" twice'),
@@ -229,6 +228,8 @@ RANGE_CASES = [
     ("model.0.driver.options.num_threads", "0", "options.num_threads must be > 0"),
     ("model.0.driver.options.spin_us", "-1", "options.spin_us must be >= 0"),
     ("model.0.driver.options.omp_wait_policy", "busy", 'one of "passive", "active"'),
+    ("model.0.driver.options.gpu_mem_utilization", "1.5", "must be in (0, 1]"),
+    ("model.0.driver.options.host_pages", "0", "options.host_pages must be > 0"),
 ]
 
 
@@ -328,10 +329,8 @@ def test_unknown_keys_name_key_and_section() -> None:
 
 
 def test_unknown_embedded_driver_option_is_an_error() -> None:
-    data = set_value(base(), "model.0.driver.options.gpu_mem_utilization", "0.5")
-    rejects(
-        data, "unknown key `model.0.driver.options.gpu_mem_utilization`", "for the portable driver"
-    )
+    data = set_value(base(), "model.0.driver.options.vocab_size", "5")
+    rejects(data, "unknown key `model.0.driver.options.vocab_size`", "for the portable driver")
 
 
 def test_driver_knob_directly_under_driver_points_to_options() -> None:
@@ -394,6 +393,37 @@ def test_model_names_unique_and_devices_disjoint() -> None:
     assert [m.name for m in cfg.models] == ["a", "b"] and cfg.default_model.name == "a"
     with pytest.raises(ConfigError, match="no model named 'c'"):
         cfg.model("c")
+
+
+def test_tensor_parallel_size_must_divide_devices() -> None:
+    m = minimal_model("a", ["cuda:0", "cuda:1", "cuda:2"], tensor_parallel_size=2)
+    rejects({"model": [m]}, "tensor_parallel_size 2 does not divide the 3 devices")
+
+
+def test_cpu_hosts_any_tensor_parallel_size() -> None:
+    d = parse_config({"model": [minimal_model("a", "cpu", tensor_parallel_size=2)]}, "x")
+    assert d.models[0].driver.groups == [["cpu", "cpu"]]
+
+
+def test_worker_knobs_shared_by_embedded_drivers() -> None:
+    for driver_type in ("portable", "cuda_native", "dummy"):
+        data = base()
+        data["model"][0]["driver"]["type"] = driver_type
+        data["model"][0]["driver"]["options"] = {
+            "ring_slots": 4,
+            "ring_slot_bytes": 1 << 20,
+            "host_pages": 8,
+            "max_model_len": 512,
+            "num_threads": 2,
+        }
+        d = parse_config(data, "x").models[0].driver
+        assert (d.option("ring_slots"), d.option("host_pages"), d.option("max_model_len")) == (
+            4,
+            8,
+            512,
+        )
+        data["model"][0]["driver"]["options"]["ring_slots"] = 0
+        rejects(data, "options.ring_slots must be > 0")
 
 
 def test_tensor_parallel_groups() -> None:
