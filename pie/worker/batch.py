@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pie.ipc.messages import BatchDescriptor, SamplerSpec
-from pie.kernels.attention import brle_decode
 
 
 class BatchError(ValueError):
@@ -257,7 +256,18 @@ class ForwardBatch:
                 continue  # an empty encoding means "no mask"
             m = masks.get(req)
             if m is None:
-                m = masks[req] = brle_decode(self.logit_mask_runs[a:b], vocab_size)
+                m = masks[req] = _brle_to_bool(self.logit_mask_runs[a:b], vocab_size)
             out[o] = m
         return out
 
+
+
+def _brle_to_bool(runs: np.ndarray, length: int) -> np.ndarray:
+    """bool [length] from BRLE runs (alternating, starting with False), in one numpy call.
+
+    Kept here rather than imported from the kernels so the dummy worker never imports torch.
+    """
+    out = np.repeat(np.arange(len(runs)) % 2 == 1, runs.astype(np.int64))
+    if len(out) < length:  # uncovered ids at the end are masked out
+        out = np.concatenate([out, np.zeros(length - len(out), dtype=bool)])
+    return out

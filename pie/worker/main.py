@@ -25,7 +25,7 @@ from typing import Any
 from pie.ipc.spec import WorkerSpec
 
 
-def _configure_threads(spec: WorkerSpec) -> int:
+def _configure_threads(spec: WorkerSpec) -> None:
     threads = max(1, int(spec.option("num_threads")))
     policy = str(spec.option("omp_wait_policy")).upper()
     if policy not in ("PASSIVE", "ACTIVE"):
@@ -34,7 +34,6 @@ def _configure_threads(spec: WorkerSpec) -> int:
     os.environ["OMP_WAIT_POLICY"] = policy
     os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return threads
 
 
 def _join_group(spec: WorkerSpec) -> Any:
@@ -58,10 +57,7 @@ def worker_main(spec: WorkerSpec, conn: Any, doorbell: Any = None) -> None:
     """
     parent = os.getppid()
     try:
-        threads = _configure_threads(spec)
-        import torch
-
-        torch.set_num_threads(threads)
+        _configure_threads(spec)  # before anything imports torch
         from pie.ipc.channel import Channel
         from pie.ipc.messages import Request, Response
         from pie.ipc.ring import Ring

@@ -1,5 +1,6 @@
 """The `dummy` driver: no weights, deterministic pseudo-random tokens, for testing at scale.
 
+Token-only batches never import torch, so a dummy worker starts in well under a second.
 The token of an output row is a hash of (the row's input token, its position, the worker seed,
 the sampler seed), reduced to the ids the row's logit mask allows, so the same request gives the
 same tokens whatever else shares its batch, and constrained decoding can be tested without a
@@ -14,13 +15,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from pie.ipc.messages import RowResult
 from pie.ipc.spec import WorkerSpec
 from pie.worker.batch import BatchError, ForwardBatch
 from pie.worker.drivers.base import Driver
-from pie.worker.sampling import sample
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -88,6 +87,10 @@ class DummyDriver(Driver):
         ]
         if not probes:
             return tokens, None
+        import torch  # only probes need it: a token-only dummy worker starts without torch
+
+        from pie.worker.sampling import sample
+
         rows = [RowResult(token=int(t)) for t in tokens.tolist()]
         logits = torch.empty(len(probes), self.vocab_size, dtype=torch.float32)
         gen = torch.Generator()

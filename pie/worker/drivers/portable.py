@@ -36,6 +36,7 @@ class PortableDriver(Driver):
         super().__init__(spec)
         from pie.model import DEFAULT_MODEL, load_model
 
+        torch.set_num_threads(max(1, int(spec.option("num_threads"))))
         say = progress or (lambda _text: None)
         self.torch_device = torch.device(spec.device)
         self.device = str(self.torch_device)
