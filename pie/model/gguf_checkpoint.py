@@ -180,7 +180,9 @@ class GGUFCheckpoint:
         if self.arch == "llama" and (".q_proj." in name or ".k_proj." in name):
             heads = self.config.num_heads if ".q_proj." in name else self.config.num_kv_heads
             w = unpermute_qk(w, heads)
-        return torch.from_numpy(np.ascontiguousarray(w))
+        if not (w.flags.writeable and w.flags.c_contiguous):
+            w = np.array(w, copy=True, order="C")  # torch needs an owned, writable buffer
+        return torch.from_numpy(w)
 
     def rope_freq_factors(self) -> torch.Tensor | None:
         """Llama 3.1+ GGUFs store their scaled RoPE frequencies as divisors in `rope_freqs`."""
