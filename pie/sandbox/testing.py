@@ -352,3 +352,56 @@ def _row(raw: np.ndarray, logits: np.ndarray, spec) -> RowResult:
         nz = p[p > 0]
         out.entropy = float(-(nz * np.log(nz)).sum())
     return out
+
+
+# --- running inferlets in tests -----------------------------------------------------------
+
+
+def make_program(source: str | bytes, name: str = "test", version: str = "0.1.0",
+                 entry: str = "main", call: str = "input"):
+    """A Python `Program` from source text (or zip bytes)."""
+    from pie.programs import Program
+
+    payload = source.encode() if isinstance(source, str) else source
+    return Program(name=name, version=version, kind="python", payload=payload,
+                   digest=hashlib.sha256(payload).hexdigest(),
+                   manifest={"package": {"name": name, "version": version},
+                             "runtime": {"language": "python", "entry": entry, "call": call}})
+
+
+async def run_inferlet(source: str | bytes, input: dict | str | None = None, *,
+                       engine: "FakeEngine | None" = None, runtime_cfg=None,
+                       user: str = "tester", **sandbox_kw):
+    """Run one inferlet to its end through a ProcessManager; (kind, value, events)."""
+    import json as _json
+
+    from pie.processes import ProcessManager
+    from pie.sandbox.sandbox import Sandbox
+
+    engine = engine or FakeEngine()
+    sandbox = Sandbox(runtime_cfg, **sandbox_kw)
+    pm = ProcessManager({engine.info.name: engine}, runtime_cfg, sandbox=sandbox)
+    await pm.start()
+    events: list[tuple[str, object]] = []
+    arg = input if isinstance(input, str) else _json.dumps(input or {})
+    try:
+        pid = await pm.launch(make_program(source), arg, user,
+                              lambda p, k, v: events.append((k, v)))
+        kind, value = await pm.wait(pid)
+    finally:
+        await pm.shutdown()
+    return kind, value, events
+
+
+def ensure_runner() -> None:
+    """Build and compile the runner once (cached under PIE_HOME) before tests use it."""
+    import asyncio as _asyncio
+
+    from pie.sandbox.sandbox import Sandbox
+
+    async def _start() -> None:
+        sb = Sandbox()
+        await sb.start(progress=lambda m: print(m, flush=True))
+        sb.close()
+
+    _asyncio.run(_start())
