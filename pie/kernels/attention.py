@@ -125,7 +125,9 @@ class AttentionPlan:
         pidx = kv_page_indptr[:-1, None] + lp[None, :]
         page_valid = lp[None, :] < n_pages[:, None]
         if kv_page_indices.size:
-            table = np.where(page_valid, kv_page_indices[np.minimum(pidx, kv_page_indices.size - 1)], 0)
+            table = np.where(
+                page_valid, kv_page_indices[np.minimum(pidx, kv_page_indices.size - 1)], 0
+            )
         else:
             table = np.zeros((num_req, p_max), dtype=np.int64)
 
@@ -237,7 +239,9 @@ def _check_attention_inputs(q: torch.Tensor, kv_layer: torch.Tensor, plan: Atten
             f"got shape {tuple(kv_layer.shape)}"
         )
     if q.dtype not in _FLOAT_DTYPES or kv_layer.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"q and kv_layer must be fp32/fp16/bf16, got {q.dtype} and {kv_layer.dtype}")
+        raise ValueError(
+            f"q and kv_layer must be fp32/fp16/bf16, got {q.dtype} and {kv_layer.dtype}"
+        )
     if q.shape[2] != kv_layer.shape[4]:
         raise ValueError(f"q head_dim {q.shape[2]} differs from the cache's {kv_layer.shape[4]}")
     if q.shape[1] % kv_layer.shape[3]:
@@ -254,7 +258,9 @@ def _check_attention_inputs(q: torch.Tensor, kv_layer: torch.Tensor, plan: Atten
         raise ValueError(f"q is on {q.device} but kv_layer is on {kv_layer.device}")
 
 
-def _check_write_inputs(kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan) -> None:
+def _check_write_inputs(
+    kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan
+) -> None:
     if kv_layer.dim() != 5 or kv_layer.shape[1] != 2:
         raise ValueError(
             "kv_layer must be [pages, 2, page_size, kv_heads, head_dim], "
@@ -270,7 +276,9 @@ def _check_write_inputs(kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 # --- torch path (CPU, and any device without Triton) ------------------------------------------
 
 
-def _write_kv_torch(kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan) -> None:
+def _write_kv_torch(
+    kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan
+) -> None:
     num_pages, _, page_size, hkv, d = kv_layer.shape
     flat = kv_layer.view(num_pages * 2 * page_size, hkv, d)
     flat.index_copy_(0, plan.write_slots, k.to(kv_layer.dtype))
@@ -317,13 +325,25 @@ def _paged_attention_torch(
 
 @triton.jit
 def _paged_attention_kernel(
-    Q, KV, Out, QoIndptr, PageTable, KvLens, Mask,
+    Q,
+    KV,
+    Out,
+    QoIndptr,
+    PageTable,
+    KvLens,
+    Mask,
     scale,
-    stride_qt, stride_qh,
-    stride_kvp, stride_kvkv, stride_kvs, stride_kvh,
-    stride_ot, stride_oh,
+    stride_qt,
+    stride_qh,
+    stride_kvp,
+    stride_kvkv,
+    stride_kvs,
+    stride_kvh,
+    stride_ot,
+    stride_oh,
     stride_pt,
-    stride_mr, stride_mq,
+    stride_mr,
+    stride_mq,
     GROUP: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -374,7 +394,9 @@ def _paged_attention_kernel(
             pos = start + offs_n
             n_valid = pos < kv_len
             page = tl.load(PageTable + r * stride_pt + pos // PAGE_SIZE, mask=n_valid, other=0)
-            base = page.to(tl.int64) * stride_kvp + (pos % PAGE_SIZE) * stride_kvs + kvh * stride_kvh
+            base = (
+                page.to(tl.int64) * stride_kvp + (pos % PAGE_SIZE) * stride_kvs + kvh * stride_kvh
+            )
             kv_mask = n_valid[:, None] & d_valid[None, :]
             k = tl.load(KV + base[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # N*D
             if DOT_F32:
@@ -386,11 +408,14 @@ def _paged_attention_kernel(
                 qk = tl.dot(q, tl.trans(k))
             qk = qk * scale  # [BLOCK_M, BLOCK_N] fp32
             if HAS_MASK:
-                allowed = tl.load(
-                    Mask + r * stride_mr + j[:, None] * stride_mq + pos[None, :],
-                    mask=m_valid[:, None] & n_valid[None, :],
-                    other=0,
-                ) != 0
+                allowed = (
+                    tl.load(
+                        Mask + r * stride_mr + j[:, None] * stride_mq + pos[None, :],
+                        mask=m_valid[:, None] & n_valid[None, :],
+                        other=0,
+                    )
+                    != 0
+                )
             else:
                 allowed = pos[None, :] <= limit[:, None]
             allowed = allowed & n_valid[None, :]
@@ -419,9 +444,18 @@ def _paged_attention_kernel(
 
 @triton.jit
 def _write_kv_kernel(
-    K, V, KV, Slots,
-    stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kvp, stride_kvkv, stride_kvs, stride_kvh,
+    K,
+    V,
+    KV,
+    Slots,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kvp,
+    stride_kvkv,
+    stride_kvs,
+    stride_kvh,
     NUM_HEADS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -485,22 +519,42 @@ def paged_attention_triton(
         mask, stride_mr, stride_mq = plan.kv_lens, 0, 0
     grid = (num_req, hkv, triton.cdiv(q_max, block_q))
     _paged_attention_kernel[grid](
-        q, kv_layer, out, plan.qo_indptr, plan.page_table, plan.kv_lens, mask,
+        q,
+        kv_layer,
+        out,
+        plan.qo_indptr,
+        plan.page_table,
+        plan.kv_lens,
+        mask,
         float(scale if scale is not None else d**-0.5),
-        q.stride(0), q.stride(1),
-        kv_layer.stride(0), kv_layer.stride(1), kv_layer.stride(2), kv_layer.stride(3),
-        out.stride(0), out.stride(1),
+        q.stride(0),
+        q.stride(1),
+        kv_layer.stride(0),
+        kv_layer.stride(1),
+        kv_layer.stride(2),
+        kv_layer.stride(3),
+        out.stride(0),
+        out.stride(1),
         plan.page_table.stride(0),
-        stride_mr, stride_mq,
-        GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, HEAD_DIM=d,
-        BLOCK_D=max(16, triton.next_power_of_2(d)), PAGE_SIZE=page_size,
-        PAGES_PER_ITER=pages_per_iter, HAS_MASK=plan.has_custom_mask, DOT_F32=dot_f32,
+        stride_mr,
+        stride_mq,
+        GROUP=group,
+        BLOCK_Q=block_q,
+        BLOCK_M=block_m,
+        HEAD_DIM=d,
+        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        PAGE_SIZE=page_size,
+        PAGES_PER_ITER=pages_per_iter,
+        HAS_MASK=plan.has_custom_mask,
+        DOT_F32=dot_f32,
         IEEE=(q.dtype == torch.float32 or dot_f32) and not interp,
     )
     return out
 
 
-def write_kv_triton(kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan) -> None:
+def write_kv_triton(
+    kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan
+) -> None:
     """The Triton kernel behind `write_kv` (call that instead; this is for tests/benches)."""
     _check_write_inputs(kv_layer, k, v, plan)
     if plan.num_tokens == 0:
@@ -509,11 +563,23 @@ def write_kv_triton(kv_layer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("k and v must be contiguous in head_dim")
     _write_kv_kernel[(plan.num_tokens,)](
-        k, v, kv_layer, plan.write_slots,
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        kv_layer.stride(0), kv_layer.stride(1), kv_layer.stride(2), kv_layer.stride(3),
-        NUM_HEADS=hkv, BLOCK_H=triton.next_power_of_2(hkv), HEAD_DIM=d,
-        BLOCK_D=triton.next_power_of_2(d), PAGE_SIZE=page_size,
+        k,
+        v,
+        kv_layer,
+        plan.write_slots,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        kv_layer.stride(0),
+        kv_layer.stride(1),
+        kv_layer.stride(2),
+        kv_layer.stride(3),
+        NUM_HEADS=hkv,
+        BLOCK_H=triton.next_power_of_2(hkv),
+        HEAD_DIM=d,
+        BLOCK_D=triton.next_power_of_2(d),
+        PAGE_SIZE=page_size,
     )
 
 
@@ -574,7 +640,9 @@ def paged_attention_reference(
     out = torch.zeros(t, hq, d, dtype=torch.float64)
     qo_indptr = np.asarray(qo_indptr)
     for r in range(len(qo_indptr) - 1):
-        pages = torch.as_tensor(np.asarray(kv_page_indices)[kv_page_indptr[r] : kv_page_indptr[r + 1]])
+        pages = torch.as_tensor(
+            np.asarray(kv_page_indices)[kv_page_indptr[r] : kv_page_indptr[r + 1]]
+        )
         n_pages = len(pages)
         length = (n_pages - 1) * page_size + int(kv_last_page_len[r]) if n_pages else 0
         kv = kv_layer[pages.long()].double().cpu()  # [np, 2, S, Hkv, D]
@@ -583,9 +651,15 @@ def paged_attention_reference(
         n = int(qo_indptr[r + 1] - qo_indptr[r])
         for j in range(n):
             row = int(qo_indptr[r]) + j
-            if mask_indptr is not None and len(mask_indptr) and mask_indptr[row + 1] > mask_indptr[row]:
+            if (
+                mask_indptr is not None
+                and len(mask_indptr)
+                and mask_indptr[row + 1] > mask_indptr[row]
+            ):
                 allowed = torch.from_numpy(
-                    brle_decode(np.asarray(mask_runs)[mask_indptr[row] : mask_indptr[row + 1]], length)
+                    brle_decode(
+                        np.asarray(mask_runs)[mask_indptr[row] : mask_indptr[row + 1]], length
+                    )
                 )
             else:
                 allowed = torch.arange(length) <= length - n + j
