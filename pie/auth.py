@@ -22,7 +22,7 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -228,7 +228,7 @@ class Keystore:
         if not user or any(c.isspace() for c in user):
             raise AuthError("A username must be non-empty and contain no spaces.")
         key = parse_public_key(key_text)
-        name = key_name or datetime.now(timezone.utc).strftime("key-%Y%m%d-%H%M%S")
+        name = key_name or datetime.now(UTC).strftime("key-%Y%m%d-%H%M%S")
         keys = self.users.setdefault(user, {})
         if name in keys:
             raise AuthError(
@@ -245,7 +245,9 @@ class Keystore:
     def remove(self, user: str, key_name: str | None = None) -> None:
         """Remove one key of a user, or the user with all their keys."""
         if user not in self.users:
-            raise AuthError(f"No user {user!r} in the keystore; `pie auth list` shows who is there.")
+            raise AuthError(
+                f"No user {user!r} in the keystore; `pie auth list` shows who is there."
+            )
         if key_name is None:
             del self.users[user]
             return

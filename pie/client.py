@@ -22,13 +22,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import websockets
 
 from pie import protocol as P
 from pie.auth import PrivateKey, load_private_key, sign_challenge
-from pie.programs import digest_of, digest_matches, pack_path, parse_manifest
+from pie.programs import digest_matches, digest_of, pack_path, parse_manifest
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class PieClient:
         self._files: dict[tuple[str, str], list[bytes]] = {}
         self._closed = False
 
-    async def __aenter__(self) -> PieClient:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
@@ -148,7 +148,7 @@ class PieClient:
         if self._listener is not None:
             try:
                 await asyncio.wait_for(self._listener, 2.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._listener.cancel()
         self._fail_all()
 
@@ -169,7 +169,7 @@ class PieClient:
                     continue
                 try:
                     msg = P.decode_server(frame)
-                except Exception:
+                except Exception:  # noqa: BLE001 - one bad frame must not end the session
                     log.warning("undecodable frame from server dropped")
                     continue
                 self._route(msg)
@@ -228,8 +228,9 @@ class PieClient:
 
     # -- auth ------------------------------------------------------------------------------
 
-    async def authenticate(self, username: str,
-                           private_key: PrivateKey | str | Path | None = None) -> None:
+    async def authenticate(
+        self, username: str, private_key: PrivateKey | str | Path | None = None
+    ) -> None:
         """Identify as `username`, proving it with the private key when the engine asks."""
         result = await self._request(P.AuthIdentify, username=username)
         if result.startswith("Authenticated"):
@@ -260,8 +261,9 @@ class PieClient:
         result = await self._request(P.CheckProgram, name=inferlet, wasm_hash=wasm_hash)
         return result == "true"
 
-    async def install_program(self, manifest: str, payload: bytes,
-                              force_overwrite: bool = False) -> str:
+    async def install_program(
+        self, manifest: str, payload: bytes, force_overwrite: bool = False
+    ) -> str:
         """Upload a program in chunks; returns its `name@version`."""
         parsed = parse_manifest(manifest)
         digest = digest_of(payload)
@@ -270,41 +272,65 @@ class PieClient:
         fut = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
         for i, chunk in enumerate(chunks):
-            await self._send(P.AddProgram(
-                corr_id=cid, program_hash=digest, manifest=manifest, chunk_index=i,
-                total_chunks=len(chunks), chunk_data=chunk, force_overwrite=force_overwrite,
-            ))
+            await self._send(
+                P.AddProgram(
+                    corr_id=cid,
+                    program_hash=digest,
+                    manifest=manifest,
+                    chunk_index=i,
+                    total_chunks=len(chunks),
+                    chunk_data=chunk,
+                    force_overwrite=force_overwrite,
+                )
+            )
         ok, result = await fut
         if not ok:
             raise PieError(result)
         return f"{parsed['package']['name']}@{parsed['package']['version']}"
 
-    async def install_path(self, path: str | Path, manifest_path: str | Path | None = None,
-                           force_overwrite: bool = False) -> str:
+    async def install_path(
+        self,
+        path: str | Path,
+        manifest_path: str | Path | None = None,
+        force_overwrite: bool = False,
+    ) -> str:
         """Upload a local `.py` file, `.wasm` file or inferlet directory; returns name@version."""
         manifest, payload = pack_path(path, manifest_path)
         return await self.install_program(manifest, payload, force_overwrite)
 
-    async def launch_process(self, inferlet: str, input: dict | str | None = None,
-                             capture_outputs: bool = True,
-                             token_budget: int | None = None) -> Process:
+    async def launch_process(
+        self,
+        inferlet: str,
+        input: dict | str | None = None,
+        capture_outputs: bool = True,
+        token_budget: int | None = None,
+    ) -> Process:
         text = input if isinstance(input, str) else json.dumps(input or {})
-        pid = await self._request(P.LaunchProcess, inferlet=inferlet, input=text,
-                                  capture_outputs=capture_outputs, token_budget=token_budget)
+        pid = await self._request(
+            P.LaunchProcess,
+            inferlet=inferlet,
+            input=text,
+            capture_outputs=capture_outputs,
+            token_budget=token_budget,
+        )
         return Process(self, pid)
 
-    async def launch_processes(self, inferlet: str, inputs: list[dict | str],
-                               token_budgets: list[int | None] | None = None) -> list[Process]:
+    async def launch_processes(
+        self, inferlet: str, inputs: list[dict | str], token_budgets: list[int | None] | None = None
+    ) -> list[Process]:
         texts = [i if isinstance(i, str) else json.dumps(i) for i in inputs]
-        result = await self._request(P.LaunchProcesses, inferlet=inferlet, inputs=texts,
-                                     token_budgets=token_budgets)
+        result = await self._request(
+            P.LaunchProcesses, inferlet=inferlet, inputs=texts, token_budgets=token_budgets
+        )
         return [Process(self, pid) for pid in json.loads(result)]
 
-    async def run_processes(self, inferlet: str, inputs: list[dict | str],
-                            token_budgets: list[int | None] | None = None) -> list[str]:
+    async def run_processes(
+        self, inferlet: str, inputs: list[dict | str], token_budgets: list[int | None] | None = None
+    ) -> list[str]:
         texts = [i if isinstance(i, str) else json.dumps(i) for i in inputs]
-        result = await self._request(P.RunProcesses, inferlet=inferlet, inputs=texts,
-                                     token_budgets=token_budgets)
+        result = await self._request(
+            P.RunProcesses, inferlet=inferlet, inputs=texts, token_budgets=token_budgets
+        )
         return json.loads(result)
 
     async def attach_process(self, process_id: str) -> Process:
@@ -324,6 +350,12 @@ class PieClient:
         digest = digest_of(data)
         chunks = P.split_chunks(data)
         for i, chunk in enumerate(chunks):
-            await self._send(P.TransferFile(process_id=process_id, file_hash=digest,
-                                            chunk_index=i, total_chunks=len(chunks),
-                                            chunk_data=chunk))
+            await self._send(
+                P.TransferFile(
+                    process_id=process_id,
+                    file_hash=digest,
+                    chunk_index=i,
+                    total_chunks=len(chunks),
+                    chunk_data=chunk,
+                )
+            )

@@ -28,7 +28,7 @@ import itertools
 import logging
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 
@@ -142,7 +142,7 @@ class Engine:
         for name, eng in self.engines.items():
             try:
                 out[name] = eng.stats()
-            except Exception as e:  # a dead worker must not break the status query
+            except Exception as e:  # noqa: BLE001 - a dead worker must not break the status query
                 out[name] = {"error": str(e)}
         return out
 
@@ -232,8 +232,9 @@ class Engine:
                     page_size=winfo.page_size,
                     max_model_len=winfo.max_model_len,
                     eos_token_ids=tuple(tokenizer.eos_token_ids),
-                    stop_token_ids=tuple(getattr(tokenizer, "stop_token_ids", ()) or
-                                         tokenizer.eos_token_ids),
+                    stop_token_ids=tuple(
+                        getattr(tokenizer, "stop_token_ids", ()) or tokenizer.eos_token_ids
+                    ),
                     bos_token_id=tokenizer.bos_token_id,
                 )
                 sched = Scheduler(
@@ -276,7 +277,7 @@ class Engine:
             except Exception:
                 log.exception("error while stopping the %s", what)
 
-    async def __aenter__(self) -> Engine:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -284,8 +285,9 @@ class Engine:
         await self.stop()
 
 
-async def serve_until_signal(engine: Engine, progress: Progress | None = None,
-                             ready: Callable[[Engine], None] | None = None) -> int:
+async def serve_until_signal(
+    engine: Engine, progress: Progress | None = None, ready: Callable[[Engine], None] | None = None
+) -> int:
     """Start `engine`, wait for SIGINT/SIGTERM, stop it; returns the exit code (0)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -318,8 +320,9 @@ async def serve_until_signal(engine: Engine, progress: Progress | None = None,
             loop.remove_signal_handler(sig)
 
 
-def run_forever(engine: Engine, progress: Progress | None = None,
-                ready: Callable[[Engine], None] | None = None) -> int:
+def run_forever(
+    engine: Engine, progress: Progress | None = None, ready: Callable[[Engine], None] | None = None
+) -> int:
     """`pie serve`: run `engine` on a uvloop loop until SIGINT/SIGTERM; returns 0."""
     try:
         import uvloop

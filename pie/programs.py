@@ -154,7 +154,7 @@ def check_python_payload(payload: bytes, manifest: dict) -> None:
         source = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ProgramError(
-            f"Program {name} declares language = \"python\" but its payload is neither UTF-8 "
+            f'Program {name} declares language = "python" but its payload is neither UTF-8 '
             "source nor a zip; upload the .py file or a zip of modules."
         ) from None
     try:
@@ -168,8 +168,9 @@ def check_python_payload(payload: bytes, manifest: dict) -> None:
         )
 
 
-def python_manifest(name: str, source: str | None = None, version: str = "0.0.0",
-                    entry: str = "main") -> str:
+def python_manifest(
+    name: str, source: str | None = None, version: str = "0.0.0", entry: str = "main"
+) -> str:
     """A Pie.toml for a bare Python file: `call = "kwargs"` unless `entry` takes one `input`."""
     call = "kwargs"
     if source is not None:
@@ -230,9 +231,12 @@ def pack_path(path: str | Path, manifest_path: str | Path | None = None) -> tupl
             )
         return text, wasms[0].read_bytes()
     files = [
-        p for p in sorted(path.rglob("*"))
+        p
+        for p in sorted(path.rglob("*"))
         if p.is_file()
-        and not any(part in _SKIP_DIRS or part.startswith(".") for part in p.relative_to(path).parts)
+        and not any(
+            part in _SKIP_DIRS or part.startswith(".") for part in p.relative_to(path).parts
+        )
         and p.suffix not in (".pyc", ".wasm")
         and p.name != "Pie.toml"
     ]
@@ -298,8 +302,14 @@ class ProgramStore:
 
     # -- changes ---------------------------------------------------------------------------
 
-    def add(self, manifest_text: str, payload: bytes, *, expected_digest: str | None = None,
-            force: bool = False) -> Program:
+    def add(
+        self,
+        manifest_text: str,
+        payload: bytes,
+        *,
+        expected_digest: str | None = None,
+        force: bool = False,
+    ) -> Program:
         """Validate and install a program; idempotent for identical bytes."""
         manifest = parse_manifest(manifest_text)
         name, version = manifest["package"]["name"], manifest["package"]["version"]
@@ -374,8 +384,11 @@ class ProgramStore:
             for mf in sorted(folder.glob("*.toml")):
                 version = mf.name[: -len(".toml")]
                 payload_path = next(
-                    (folder / f"{version}{e}" for e in (".py", ".zip", ".wasm")
-                     if (folder / f"{version}{e}").exists()),
+                    (
+                        folder / f"{version}{e}"
+                        for e in (".py", ".zip", ".wasm")
+                        if (folder / f"{version}{e}").exists()
+                    ),
                     None,
                 )
                 if payload_path is None:
@@ -393,7 +406,8 @@ class ProgramStore:
                     continue
                 kind = "wasm" if payload_path.suffix == ".wasm" else "python"
                 name = manifest["package"]["name"]
-                program = Program(name, manifest["package"]["version"], kind, payload, digest,
-                                  manifest)
+                program = Program(
+                    name, manifest["package"]["version"], kind, payload, digest, manifest
+                )
                 self._programs.setdefault(name, {})[program.version] = program
                 self._by_digest[digest] = program

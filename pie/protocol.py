@@ -15,8 +15,6 @@ does the reverse with `encode_client` / `decode_server`. Nothing here does I/O.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 CHUNK_SIZE = 256 * 1024  # bytes per upload / download chunk, as in the original clients
@@ -137,25 +135,25 @@ class RegisterMcpServer(_Msg, tag="register_mcp_server"):
     name: str = ""
 
 
-ClientMessage = Union[
-    AuthIdentify,
-    AuthProve,
-    AuthByToken,
-    CheckProgram,
-    Query,
-    AddProgram,
-    LaunchProcess,
-    LaunchProcesses,
-    RunProcesses,
-    AttachProcess,
-    TerminateProcess,
-    SignalProcess,
-    TransferFile,
-    ListProcesses,
-    Ping,
-    LaunchDaemon,
-    RegisterMcpServer,
-]
+ClientMessage = (
+    AuthIdentify
+    | AuthProve
+    | AuthByToken
+    | CheckProgram
+    | Query
+    | AddProgram
+    | LaunchProcess
+    | LaunchProcesses
+    | RunProcesses
+    | AttachProcess
+    | TerminateProcess
+    | SignalProcess
+    | TransferFile
+    | ListProcesses
+    | Ping
+    | LaunchDaemon
+    | RegisterMcpServer
+)
 
 AUTH_MESSAGES = (AuthIdentify, AuthProve, AuthByToken)
 
@@ -183,7 +181,7 @@ class FileChunk(_Msg, tag="file"):
     chunk_data: bytes
 
 
-ServerMessage = Union[Response, ProcessEvent, FileChunk]
+ServerMessage = Response | ProcessEvent | FileChunk
 
 
 # --- codecs -----------------------------------------------------------------------------------
@@ -207,11 +205,9 @@ def _salvage_corr_id(frame: bytes | str) -> int | None:
     """Best-effort corr_id of a frame that failed validation, so the error can be answered."""
     try:
         raw = (
-            msgspec.json.decode(frame)
-            if isinstance(frame, str)
-            else msgspec.msgpack.decode(frame)
+            msgspec.json.decode(frame) if isinstance(frame, str) else msgspec.msgpack.decode(frame)
         )
-    except Exception:
+    except Exception:  # noqa: BLE001 - any undecodable frame simply has no corr_id
         return None
     if isinstance(raw, dict):
         cid = raw.get("corr_id")

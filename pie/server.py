@@ -86,7 +86,7 @@ class Server:
         self.programs = programs
         self.options = options or ServerOptions()
         self.keystore = keystore
-        self.stats = stats or (lambda: {})
+        self.stats = stats or (dict)
         self.sessions: set[Session] = set()
         self.attached: dict[str, Session] = {}  # pid -> the session receiving its events
         self._ws_server: Any = None
@@ -184,7 +184,7 @@ class Session:
             self.outbox.put_nowait(None)
             try:
                 await asyncio.wait_for(writer, 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
                 writer.cancel()
 
     async def _write_loop(self) -> None:
@@ -213,15 +213,17 @@ class Session:
     def on_event(self, pid: str, kind: str, value: Any) -> None:
         """Called by the process manager for every event of a process this session holds."""
         if kind == "file":
-            name, data = value
+            _name, data = value
             digest = digest_of(bytes(data))
             chunks = P.split_chunks(bytes(data))
             for i, chunk in enumerate(chunks):
                 self.send(P.FileChunk(pid, digest, i, len(chunks), chunk))
             return
         if not isinstance(value, str):
-            value = json.dumps(value) if not isinstance(value, bytes) else value.decode(
-                "utf-8", "replace"
+            value = (
+                json.dumps(value)
+                if not isinstance(value, bytes)
+                else value.decode("utf-8", "replace")
             )
         self.send(P.ProcessEvent(process_id=pid, event=kind, value=value))
         if kind in P.TERMINAL_EVENTS and self.server.attached.get(pid) is self:
@@ -287,7 +289,8 @@ class Session:
                 self.reply(msg.corr_id, True, json.dumps(procs, default=str))
             case P.LaunchDaemon() | P.RegisterMcpServer():
                 self.reply(
-                    msg.corr_id, False,
+                    msg.corr_id,
+                    False,
                     f"{msg.__struct_config__.tag} is not supported by this engine.",
                 )
 
@@ -335,8 +338,10 @@ class Session:
         self._challenge = None  # one proof per challenge
         signature = decode_signature(msg.signature)
         keystore = self._keystore()
-        if signature is None or keystore is None or not keystore.verify(
-            username, challenge, signature
+        if (
+            signature is None
+            or keystore is None
+            or not keystore.verify(username, challenge, signature)
         ):
             await self._fail_auth(msg.corr_id, "Signature verification failed.")
             return
@@ -376,7 +381,8 @@ class Session:
         if up is None:
             if msg.chunk_index != 0:
                 self.reply(
-                    msg.corr_id, False,
+                    msg.corr_id,
+                    False,
                     f"Upload {key[:16]} starts at chunk {msg.chunk_index}; the first chunk "
                     "must have chunk_index 0.",
                 )
@@ -392,14 +398,20 @@ class Session:
             return
         error = None
         if msg.total_chunks != up.total_chunks:
-            error = f"Upload {key[:16]} changed total_chunks from {up.total_chunks} to " \
-                    f"{msg.total_chunks}; send every chunk with the same total."
+            error = (
+                f"Upload {key[:16]} changed total_chunks from {up.total_chunks} to "
+                f"{msg.total_chunks}; send every chunk with the same total."
+            )
         elif msg.chunk_index != up.next_index:
-            error = f"Upload {key[:16]} got chunk {msg.chunk_index}, expected " \
-                    f"{up.next_index}; send chunks in order."
+            error = (
+                f"Upload {key[:16]} got chunk {msg.chunk_index}, expected "
+                f"{up.next_index}; send chunks in order."
+            )
         elif up.size + len(msg.chunk_data) > self.server.max_upload_bytes:
-            error = f"Upload exceeds max_upload_mb = {self.opts.max_upload_mb} MiB; raise " \
-                    "[runtime].max_upload_mb or ship a smaller program."
+            error = (
+                f"Upload exceeds max_upload_mb = {self.opts.max_upload_mb} MiB; raise "
+                "[runtime].max_upload_mb or ship a smaller program."
+            )
         if error is not None:
             up.failed = True
             up.parts.clear()
@@ -434,8 +446,9 @@ class Session:
             raise ProgramError(f"The process input is not JSON ({e}); send a JSON object.")
         return text
 
-    async def _launch_one(self, inferlet: str, input_text: str, capture: bool,
-                          token_budget: int | None) -> str:
+    async def _launch_one(
+        self, inferlet: str, input_text: str, capture: bool, token_budget: int | None
+    ) -> str:
         program = self.server.programs.get(inferlet)
         input_text = self._input_json(input_text)
         if token_budget is not None and token_budget <= 0:
@@ -453,7 +466,7 @@ class Session:
             pid = await self._launch_one(
                 msg.inferlet, msg.input, msg.capture_outputs, msg.token_budget
             )
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the process manager's refusal goes to the client
             self._launch_error(msg.corr_id, e)
             return
         self.reply(msg.corr_id, True, pid if msg.capture_outputs else "")
@@ -476,7 +489,7 @@ class Session:
         try:
             for inp, budget in zip(msg.inputs, self._budgets(len(msg.inputs), msg.token_budgets)):
                 pids.append(await self._launch_one(msg.inferlet, inp, msg.capture_outputs, budget))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the process manager's refusal goes to the client
             self._launch_error(msg.corr_id, e)
             return
         self.reply(msg.corr_id, True, json.dumps(pids if msg.capture_outputs else [""] * len(pids)))
@@ -506,7 +519,7 @@ class Session:
                 if kind == "error":
                     raise RuntimeError(f"Process {pid} failed: {value}")
                 outputs.append(value)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the process manager's refusal goes to the client
             self._launch_error(msg.corr_id, e)
             return
         self.reply(msg.corr_id, True, json.dumps(outputs))
@@ -514,21 +527,27 @@ class Session:
     def _attach(self, msg: P.AttachProcess) -> None:
         pid = msg.process_id
         if not self._owns(pid):
-            self.reply(msg.corr_id, False, f"No process {pid} of yours is running; "
-                       "`list_processes` shows them.")
+            self.reply(
+                msg.corr_id,
+                False,
+                f"No process {pid} of yours is running; `list_processes` shows them.",
+            )
             return
         holder = self.server.attached.get(pid)
         if holder is self:
             self.reply(msg.corr_id, True, "Attached")
             return
         if holder is not None:
-            self.reply(msg.corr_id, False, f"Process {pid} is attached to another client; "
-                       "close that connection first.")
+            self.reply(
+                msg.corr_id,
+                False,
+                f"Process {pid} is attached to another client; close that connection first.",
+            )
             return
         self.server.attached[pid] = self
         try:
             self.server.processes.attach(pid, self.on_event)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the process manager's refusal goes to the client
             self.server.attached.pop(pid, None)
             self._launch_error(msg.corr_id, e)
             return
@@ -540,7 +559,7 @@ class Session:
             return
         try:
             await self.server.processes.terminate(msg.process_id, "Signal")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the process manager's refusal goes to the client
             self._launch_error(msg.corr_id, e)
             return
         self.reply(msg.corr_id, True, "Terminated")
@@ -553,8 +572,11 @@ class Session:
                 log.info("dropping file chunk for %s", msg.process_id)
                 return
             up = self._files[key] = _Upload(0, msg.total_chunks)
-        if (msg.chunk_index != up.next_index or msg.total_chunks != up.total_chunks
-                or up.size + len(msg.chunk_data) > self.server.max_upload_bytes):
+        if (
+            msg.chunk_index != up.next_index
+            or msg.total_chunks != up.total_chunks
+            or up.size + len(msg.chunk_data) > self.server.max_upload_bytes
+        ):
             log.info("file transfer to %s aborted (out of order or too large)", msg.process_id)
             del self._files[key]
             return
@@ -580,12 +602,15 @@ class Session:
             self.reply(msg.corr_id, True, json.dumps(flat, default=str))
         elif msg.subject == "program_exists":
             name, version = split_ref(msg.record)
-            self.reply(msg.corr_id, True,
-                       "true" if self.server.programs.exists(name, version) else "false")
+            self.reply(
+                msg.corr_id, True, "true" if self.server.programs.exists(name, version) else "false"
+            )
         else:
-            self.reply(msg.corr_id, False,
-                       f"Unknown query subject {msg.subject!r}; supported: model_status, "
-                       "program_exists.")
+            self.reply(
+                msg.corr_id,
+                False,
+                f"Unknown query subject {msg.subject!r}; supported: model_status, program_exists.",
+            )
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:

@@ -15,12 +15,13 @@ Registered on the root app by `pie_cli.main`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -28,7 +29,7 @@ from pie.config import load_config
 from pie_cli.errors import UserError
 
 _INT = re.compile(r"^[+-]?\d+$")
-_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.I)
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
 
 
 def infer_arg(text: str) -> Any:
@@ -141,10 +142,8 @@ async def _run(
             )
             if stop_task in done and not pump_task.done():
                 sys.stderr.write("\npie: interrupted; terminating the inferlet\n")
-                try:
+                with contextlib.suppress(Exception):  # the engine stops right after anyway
                     await asyncio.wait_for(process.terminate(), 5)
-                except Exception:
-                    pass
                 pump_task.cancel()
                 return 130
             stop_task.cancel()
@@ -169,21 +168,31 @@ def register(app: typer.Typer) -> None:
     )
     def run(
         ctx: typer.Context,
-        path: Path | None = typer.Option(
-            None, "--path", "-p", help="A local .py file, .wasm file or inferlet directory."
-        ),
-        manifest: Path | None = typer.Option(
-            None, "--manifest", "-m", help="Pie.toml for a --path that does not carry one."
-        ),
-        config: Path | None = typer.Option(
-            None, "--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."
-        ),
-        input_json: str | None = typer.Option(
-            None, "--input", help="The input as one JSON object (merged under the --key args)."
-        ),
-        port: int = typer.Option(0, "--port", help="Port of the private engine (0: any free)."),
-        debug: bool = typer.Option(False, "--debug", help="Verbose engine diagnostics."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        path: Annotated[
+            Path | None,
+            typer.Option(
+                "--path", "-p", help="A local .py file, .wasm file or inferlet directory."
+            ),
+        ] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", "-m", help="Pie.toml for a --path that does not carry one."),
+        ] = None,
+        config: Annotated[
+            Path | None,
+            typer.Option("--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."),
+        ] = None,
+        input_json: Annotated[
+            str | None,
+            typer.Option(
+                "--input", help="The input as one JSON object (merged under the --key args)."
+            ),
+        ] = None,
+        port: Annotated[
+            int, typer.Option("--port", help="Port of the private engine (0: any free).")
+        ] = 0,
+        debug: Annotated[bool, typer.Option("--debug", help="Verbose engine diagnostics.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     ) -> None:
         """Run one inferlet on a private engine: `pie run NAME|--path FILE [-- --key value ...]`."""
         from pie.controller import Engine

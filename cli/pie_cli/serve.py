@@ -11,6 +11,7 @@ import errno
 import logging
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -83,16 +84,24 @@ class _Progress:
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        config: Path | None = typer.Option(
-            None, "--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."
-        ),
-        host: str | None = typer.Option(None, "--host", help="Bind address (server.host)."),
-        port: int | None = typer.Option(None, "--port", help="TCP port (server.port)."),
-        no_auth: bool = typer.Option(False, "--no-auth", help="Accept clients without keys."),
-        debug: bool = typer.Option(False, "--debug", help="Verbose engine diagnostics."),
-        no_snapshot: bool = typer.Option(
-            False, "--no-snapshot", help="Start Python inferlets without the runner snapshot."
-        ),
+        config: Annotated[
+            Path | None,
+            typer.Option("--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."),
+        ] = None,
+        host: Annotated[
+            str | None, typer.Option("--host", help="Bind address (server.host).")
+        ] = None,
+        port: Annotated[int | None, typer.Option("--port", help="TCP port (server.port).")] = None,
+        no_auth: Annotated[
+            bool, typer.Option("--no-auth", help="Accept clients without keys.")
+        ] = False,
+        debug: Annotated[bool, typer.Option("--debug", help="Verbose engine diagnostics.")] = False,
+        no_snapshot: Annotated[
+            bool,
+            typer.Option(
+                "--no-snapshot", help="Start Python inferlets without the runner snapshot."
+            ),
+        ] = False,
     ) -> None:
         """Boot the engine (workers, schedulers, runtime) and serve WebSocket clients."""
         from pie.controller import Engine, run_forever, with_overrides

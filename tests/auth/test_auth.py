@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from front import run, running_server
 
 from pie.auth import (
     AuthError,
@@ -22,9 +20,6 @@ from pie.auth import (
     sign_challenge,
     verify_signature,
 )
-
-from front import run, running_server
-
 from pie.client import PieClient, PieError
 
 
@@ -39,15 +34,19 @@ def keys():
 
 
 def openssh_pub(key) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
 
 
 def pem_pub(key) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "rsa2048", "p256", "p384"])
@@ -67,13 +66,21 @@ def test_sign_and_verify_every_key_type_in_both_encodings(keys, kind):
 def test_private_key_files_openssh_and_pem(tmp_path, keys):
     key = keys["p256"]
     ssh = tmp_path / "id_ecdsa"
-    ssh.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.OpenSSH,
-                                      serialization.NoEncryption()))
+    ssh.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
     pem = tmp_path / "key.pem"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     for path in (ssh, str(pem)):
         loaded = load_private_key(path)
         assert public_key_text(loaded.public_key()) == openssh_pub(key)
@@ -125,8 +132,11 @@ def test_challenge_flow_over_the_server(tmp_path, keys):
     ks.save()
 
     async def body():
-        async with running_server(tmp_path, auth_enabled=True,
-                                  auth_failure_delay=(0.2, 0.25)) as (_, uri, pm):
+        async with running_server(tmp_path, auth_enabled=True, auth_failure_delay=(0.2, 0.25)) as (
+            _,
+            uri,
+            _pm,
+        ):
             async with PieClient(uri, identity="alice") as c:
                 # the identity header is not a credential when auth is on
                 with pytest.raises(PieError, match="Not authenticated"):
@@ -146,6 +156,7 @@ def test_challenge_flow_over_the_server(tmp_path, keys):
                     await c.authenticate("eve", keys["ed25519"])
                 with pytest.raises(PieError, match="auth_identify before auth_prove"):
                     from pie import protocol as P
+
                     await c._request(P.AuthProve, signature=base64.b64encode(b"x").decode())
                 # a key added while the server runs works without a restart
                 ks2 = Keystore.load(tmp_path / "authorized_users.toml")
@@ -159,8 +170,9 @@ def test_challenge_flow_over_the_server(tmp_path, keys):
 
 def test_internal_token(tmp_path):
     async def body():
-        async with running_server(tmp_path, auth_enabled=True, internal_token="s3cret",
-                                  auth_failure_delay=(0.1, 0.12)) as (_, uri, _pm):
+        async with running_server(
+            tmp_path, auth_enabled=True, internal_token="s3cret", auth_failure_delay=(0.1, 0.12)
+        ) as (_, uri, _pm):
             async with PieClient(uri) as c:
                 t0 = time.monotonic()
                 with pytest.raises(PieError, match="Invalid token"):
@@ -168,7 +180,7 @@ def test_internal_token(tmp_path):
                 assert time.monotonic() - t0 >= 0.1
                 await c.auth_by_token("s3cret")
                 assert await c.ping() == "Pong"
-            async with running_server(tmp_path / "x", auth_enabled=True) as (_, uri2, _):
+            async with running_server(tmp_path / "x", auth_enabled=True) as (_, uri2, _):  # noqa: SIM117
                 async with PieClient(uri2) as c:  # no token configured: tokens never match
                     with pytest.raises(PieError, match="Invalid token"):
                         await c.auth_by_token("")
@@ -178,7 +190,7 @@ def test_internal_token(tmp_path):
 
 def test_auth_disabled_accepts_any_identity(tmp_path):
     async def body():
-        async with running_server(tmp_path, auth_enabled=False) as (_, uri, _pm):
+        async with running_server(tmp_path, auth_enabled=False) as (_, uri, _pm):  # noqa: SIM117
             async with PieClient(uri) as c:
                 await c.authenticate("zoe")  # no key needed
                 assert await c.ping() == "Pong"

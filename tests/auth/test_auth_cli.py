@@ -5,11 +5,11 @@ from __future__ import annotations
 import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from pie_cli.auth import register
+from pie_cli.errors import UserError
 from typer.testing import CliRunner
 
 from pie.auth import Keystore
-from pie_cli.auth import register
-from pie_cli.errors import UserError
 
 
 def _app():
@@ -33,8 +33,12 @@ def _invoke(app, args, stdin=None):
 def test_add_list_remove(tmp_path, monkeypatch):
     monkeypatch.setenv("PIE_HOME", str(tmp_path))
     app = _app()
-    pub = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    pub = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     r = _invoke(app, ["auth", "add", "alice", "laptop"], stdin=pub + " alice@box\n")
     assert r.exit_code == 0 and "laptop" in r.output
     keyfile = tmp_path / "k.pub"
@@ -44,8 +48,9 @@ def test_add_list_remove(tmp_path, monkeypatch):
     assert "alice" in r.output and "laptop: ssh-ed25519" in r.output and "alice@box" in r.output
     assert set(Keystore.load().users) == {"alice", "bob"}
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
-    weak_text = weak.public_bytes(serialization.Encoding.OpenSSH,
-                                  serialization.PublicFormat.OpenSSH).decode()
+    weak_text = weak.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
     e = _invoke(app, ["auth", "add", "carol"], stdin=weak_text)
     assert isinstance(e, UserError) and "2048" in str(e)
     e = _invoke(app, ["auth", "add", "carol"], stdin="")

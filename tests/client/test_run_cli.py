@@ -7,12 +7,12 @@ import json
 import pytest
 import typer
 from fake_processes import FakeProcessManager
+from pie_cli.errors import UserError
+from pie_cli.run import parse_inferlet_args, register
 from typer.testing import CliRunner
 
 import pie.controller
 from pie.programs import ProgramStore
-from pie_cli.errors import UserError
-from pie_cli.run import parse_inferlet_args, register
 
 
 @pytest.mark.parametrize(
@@ -46,8 +46,13 @@ def cli(tmp_path, monkeypatch):
 
     class FakedEngine(real):
         def __init__(self, cfg, **kw):
-            super().__init__(cfg, engines={}, programs=ProgramStore(tmp_path / "programs"),
-                             process_manager_factory=lambda e: FakeProcessManager(), **kw)
+            super().__init__(
+                cfg,
+                engines={},
+                programs=ProgramStore(tmp_path / "programs"),
+                process_manager_factory=lambda e: FakeProcessManager(),
+                **kw,
+            )
 
     monkeypatch.setattr(pie.controller, "Engine", FakedEngine)
     app = typer.Typer()

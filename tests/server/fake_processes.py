@@ -9,17 +9,17 @@ like the real manager. Same method names and signatures as the real one.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pie.programs import Program
 
 
 class _Session:
-    def __init__(self, proc: "_Proc"):
+    def __init__(self, proc: _Proc):
         self._proc = proc
 
     def send(self, message: str) -> None:
@@ -61,14 +61,22 @@ class FakeProcessManager:
     def __init__(self, max_concurrent_processes: int | None = None):
         self.procs: dict[str, _Proc] = {}
         self.launched: list[_Proc] = []
-        self._sem = asyncio.Semaphore(max_concurrent_processes) if max_concurrent_processes else None
+        self._sem = (
+            asyncio.Semaphore(max_concurrent_processes) if max_concurrent_processes else None
+        )
         self.shut_down = False
 
     async def start(self) -> None:
         pass
 
-    async def launch(self, program: Program, input: str, user: str,
-                     on_event: Callable[[str, str, Any], None], token_limit: int | None = None) -> str:
+    async def launch(
+        self,
+        program: Program,
+        input: str,
+        user: str,
+        on_event: Callable[[str, str, Any], None],
+        token_limit: int | None = None,
+    ) -> str:
         pid = str(uuid.uuid4())
         proc = _Proc(pid, program, input, user, on_event)
         self.procs[pid] = proc
@@ -85,14 +93,15 @@ class FakeProcessManager:
                 "session": _Session(proc),
                 "print": lambda *a, **k: proc.emit("stdout", " ".join(map(str, a)) + "\n"),
             }
-            exec(compile(proc.program.payload.decode(), proc.program.name, "exec"), ns)
+            code = compile(proc.program.payload.decode(), proc.program.name, "exec")
+            exec(code, ns)  # noqa: S102 - the fake runs test programs in-process
             fn = ns[proc.program.entry]
             args = json.loads(proc.input or "{}")
             result = await (fn(**args) if proc.program.call == "kwargs" else fn(args))
             proc.emit("return", result if isinstance(result, str) else json.dumps(result))
         except asyncio.CancelledError:
             pass
-        except Exception as e:  # the inferlet's own failure
+        except Exception as e:  # noqa: BLE001 - the inferlet's own failure
             proc.emit("error", f"{type(e).__name__}: {e}")
         finally:
             if self._sem is not None:
@@ -131,8 +140,13 @@ class FakeProcessManager:
     def list(self, user: str | None = None) -> list[dict]:
         now = time.monotonic()
         return [
-            {"id": p.pid, "username": p.user, "program": p.program.ref, "input": p.input,
-             "elapsed_secs": round(now - p.started, 3)}
+            {
+                "id": p.pid,
+                "username": p.user,
+                "program": p.program.ref,
+                "input": p.input,
+                "elapsed_secs": round(now - p.started, 3),
+            }
             for p in self.procs.values()
             if (user is None or p.user == user) and not (p.finished and not p.buffer)
         ]
@@ -142,6 +156,3 @@ class FakeProcessManager:
         for p in self.procs.values():
             if p.task is not None:
                 p.task.cancel()
-
-
-_counter = itertools.count()

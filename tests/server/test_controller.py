@@ -68,7 +68,9 @@ def test_engine_boots_serves_and_stops(tmp_path):
             await c.auth_by_token(engine.internal_token)
             await c.install_program(
                 '[package]\nname = "h"\nversion = "1.0.0"\n[runtime]\nlanguage = "python"\n'
-                'call = "kwargs"\n', HELLO.encode())
+                'call = "kwargs"\n',
+                HELLO.encode(),
+            )
             p = await c.launch_process("h", {"name": "pie"})
             assert await p.wait() == "hi pie"
             status = await c.model_status()
@@ -98,8 +100,14 @@ def test_failed_boot_cleans_up_and_port_in_use_is_reported(tmp_path):
                 pms.append(FakeProcessManager())
                 return pms[-1]
 
-            engine = Engine(cfg, port=busy, engines={}, process_manager_factory=factory,
-                            programs=ProgramStore(tmp_path / "p"), auth_enabled=False)
+            engine = Engine(
+                cfg,
+                port=busy,
+                engines={},
+                process_manager_factory=factory,
+                programs=ProgramStore(tmp_path / "p"),
+                auth_enabled=False,
+            )
             with pytest.raises(OSError) as info:
                 await engine.start()
             assert pms[0].shut_down  # what had started was stopped
@@ -161,8 +169,13 @@ SERVE_SCRIPT = textwrap.dedent("""
 def test_serve_exits_cleanly_on_signal(tmp_path, sig):
     script = SERVE_SCRIPT.format(tests=str(Path(__file__).parent), store=str(tmp_path / "p"))
     env = dict(os.environ, PIE_HOME=str(tmp_path / "home"))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("READY"), proc.stderr.read()
@@ -199,8 +212,14 @@ def test_serve_until_signal_interrupted_while_booting(tmp_path):
         pms.append(SlowPM())
         return pms[-1]
 
-    engine = Engine(default_config(cuda=False), port=0, engines={}, auth_enabled=False,
-                    process_manager_factory=factory, programs=ProgramStore(tmp_path / "p"))
+    engine = Engine(
+        default_config(cuda=False),
+        port=0,
+        engines={},
+        auth_enabled=False,
+        process_manager_factory=factory,
+        programs=ProgramStore(tmp_path / "p"),
+    )
     t0 = time.monotonic()
     assert run(serve_until_signal(engine)) == 0
     assert time.monotonic() - t0 < 4

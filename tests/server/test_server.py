@@ -10,6 +10,7 @@ import pytest
 import websockets
 from front import run, running_server
 
+from pie import protocol as P
 from pie.client import PieClient, PieError, ProcessFailed
 from pie.programs import python_manifest
 
@@ -69,39 +70,37 @@ def test_ping_on_both_paths_and_404_elsewhere(tmp_path):
 
 def test_install_launch_stream_and_return(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, pm):
-            async with PieClient(uri) as c:
-                assert not await c.check_program("hello")
-                ref = await install(c, "hello", HELLO)
-                assert ref == "hello@0.1.0"
-                assert await c.check_program("hello")
-                assert await c.check_program("hello@0.1.0")
-                assert not await c.check_program("hello@9.9.9")
-                p = await c.launch_process("hello", {"name": "pie", "times": 2})
-                events = [(e.kind, e.value) async for e in p]
-                assert events == [
-                    ("stdout", "line 0\n"), ("stdout", "line 1\n"),
-                    ("message", "hi pie"), ("return", "hello pie"),
-                ]
-                assert p.result == "hello pie"
-                assert pm.launched[0].user == "anonymous"
+        async with running_server(tmp_path) as (_, uri, pm), PieClient(uri) as c:
+            assert not await c.check_program("hello")
+            ref = await install(c, "hello", HELLO)
+            assert ref == "hello@0.1.0"
+            assert await c.check_program("hello")
+            assert await c.check_program("hello@0.1.0")
+            assert not await c.check_program("hello@9.9.9")
+            p = await c.launch_process("hello", {"name": "pie", "times": 2})
+            events = [(e.kind, e.value) async for e in p]
+            assert events == [
+                ("stdout", "line 0\n"),
+                ("stdout", "line 1\n"),
+                ("message", "hi pie"),
+                ("return", "hello pie"),
+            ]
+            assert p.result == "hello pie"
+            assert pm.launched[0].user == "anonymous"
 
     run(body())
 
 
 def test_latest_version_wins_and_input_call_style(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, _pm):
-            async with PieClient(uri) as c:
-                await install(c, "echo", ECHO_INPUT, "0.9.0")
-                await install(c, "echo", ECHO_INPUT.replace("return input", "return 'v10'"),
-                              "0.10.0")
-                await install(c, "echo", ECHO_INPUT.replace("return input", "return 'v2'"),
-                              "0.2.0")
-                p = await c.launch_process("echo", {"k": [1, 2]})
-                assert await p.wait() == "v10"  # 0.10.0 > 0.9.0 > 0.2.0
-                p = await c.launch_process("echo@0.9.0", {"k": [1, 2]})
-                assert json.loads(await p.wait()) == {"k": [1, 2]}
+        async with running_server(tmp_path) as (_, uri, _pm), PieClient(uri) as c:
+            await install(c, "echo", ECHO_INPUT, "0.9.0")
+            await install(c, "echo", ECHO_INPUT.replace("return input", "return 'v10'"), "0.10.0")
+            await install(c, "echo", ECHO_INPUT.replace("return input", "return 'v2'"), "0.2.0")
+            p = await c.launch_process("echo", {"k": [1, 2]})
+            assert await p.wait() == "v10"  # 0.10.0 > 0.9.0 > 0.2.0
+            p = await c.launch_process("echo@0.9.0", {"k": [1, 2]})
+            assert json.loads(await p.wait()) == {"k": [1, 2]}
 
     run(body())
 
@@ -143,64 +142,103 @@ def test_original_client_wire_format(tmp_path):
     import blake3
 
     async def body():
-        async with running_server(tmp_path) as (_, uri, _pm):
-            async with websockets.connect(uri + "/v1/ws",
-                                          additional_headers={"x-pie-identity": "t/u"}) as ws:
-                async def call(msg):
-                    await ws.send(msgpack.packb(msg, use_bin_type=True))
-                    while True:
-                        r = msgpack.unpackb(await ws.recv(), raw=False)
-                        if r["type"] == "response" and r["corr_id"] == msg["corr_id"]:
-                            return r
+        async with (
+            running_server(tmp_path) as (_, uri, _pm),
+            websockets.connect(uri + "/v1/ws", additional_headers={"x-pie-identity": "t/u"}) as ws,
+        ):
 
-                r = await call({"type": "auth_identify", "corr_id": 1, "username": "bob"})
-                assert r["ok"] and r["result"] == "Authenticated (Engine disabled authentication)"
-                payload = HELLO.encode()
-                halves = [payload[:40], payload[40:]]
-                h = blake3.blake3(payload).hexdigest()
-                for i, part in enumerate(halves):
-                    await ws.send(msgpack.packb({
-                        "type": "add_program", "corr_id": 2, "program_hash": h,
-                        "manifest": manifest("hello", HELLO), "force_overwrite": False,
-                        "chunk_index": i, "total_chunks": 2, "chunk_data": part,
-                    }, use_bin_type=True))
-                r = msgpack.unpackb(await ws.recv(), raw=False)
-                assert r == {"type": "response", "corr_id": 2, "ok": True,
-                             "result": "Program installed successfully"}
-                r = await call({"type": "check_program", "corr_id": 3, "name": "hello",
-                                "version": "0.1.0", "wasm_hash": h, "manifest_hash": None})
-                assert r["result"] == "true"
-                await ws.send(msgpack.packb({
-                    "type": "launch_process", "corr_id": 4, "inferlet": "hello@0.1.0",
-                    "input": json.dumps({"name": "x"}), "capture_outputs": True,
-                    "token_budget": None}))
-                pid, events = None, []
-                while not events or events[-1]["event"] not in ("return", "error"):
-                    m = msgpack.unpackb(await ws.recv(), raw=False)
-                    if m["type"] == "response":
-                        assert m["corr_id"] == 4 and m["ok"]
-                        pid = m["result"]
-                    else:
-                        assert m["type"] == "process_event"
-                        events.append(m)
-                assert {e["process_id"] for e in events} == {pid}
-                assert events[-1] == {"type": "process_event", "process_id": pid,
-                                      "event": "return", "value": "hello x"}
-                r = await call({"type": "list_processes", "corr_id": 5})
-                assert json.loads(r["result"]) == []
+            async def call(msg):
+                await ws.send(msgpack.packb(msg, use_bin_type=True))
+                while True:
+                    r = msgpack.unpackb(await ws.recv(), raw=False)
+                    if r["type"] == "response" and r["corr_id"] == msg["corr_id"]:
+                        return r
+
+            r = await call({"type": "auth_identify", "corr_id": 1, "username": "bob"})
+            assert r["ok"] and r["result"] == "Authenticated (Engine disabled authentication)"
+            payload = HELLO.encode()
+            halves = [payload[:40], payload[40:]]
+            h = blake3.blake3(payload).hexdigest()
+            for i, part in enumerate(halves):
+                await ws.send(
+                    msgpack.packb(
+                        {
+                            "type": "add_program",
+                            "corr_id": 2,
+                            "program_hash": h,
+                            "manifest": manifest("hello", HELLO),
+                            "force_overwrite": False,
+                            "chunk_index": i,
+                            "total_chunks": 2,
+                            "chunk_data": part,
+                        },
+                        use_bin_type=True,
+                    )
+                )
+            r = msgpack.unpackb(await ws.recv(), raw=False)
+            assert r == {
+                "type": "response",
+                "corr_id": 2,
+                "ok": True,
+                "result": "Program installed successfully",
+            }
+            r = await call(
+                {
+                    "type": "check_program",
+                    "corr_id": 3,
+                    "name": "hello",
+                    "version": "0.1.0",
+                    "wasm_hash": h,
+                    "manifest_hash": None,
+                }
+            )
+            assert r["result"] == "true"
+            await ws.send(
+                msgpack.packb(
+                    {
+                        "type": "launch_process",
+                        "corr_id": 4,
+                        "inferlet": "hello@0.1.0",
+                        "input": json.dumps({"name": "x"}),
+                        "capture_outputs": True,
+                        "token_budget": None,
+                    }
+                )
+            )
+            pid, events = None, []
+            while not events or events[-1]["event"] not in ("return", "error"):
+                m = msgpack.unpackb(await ws.recv(), raw=False)
+                if m["type"] == "response":
+                    assert m["corr_id"] == 4 and m["ok"]
+                    pid = m["result"]
+                else:
+                    assert m["type"] == "process_event"
+                    events.append(m)
+            assert {e["process_id"] for e in events} == {pid}
+            assert events[-1] == {
+                "type": "process_event",
+                "process_id": pid,
+                "event": "return",
+                "value": "hello x",
+            }
+            r = await call({"type": "list_processes", "corr_id": 5})
+            assert json.loads(r["result"]) == []
 
     run(body())
 
 
 def test_json_text_frames(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, _pm):
-            async with websockets.connect(uri) as ws:
-                await ws.send(json.dumps({"type": "ping", "corr_id": 3}))
-                reply = await ws.recv()
-                assert isinstance(reply, str)
-                assert json.loads(reply) == {"type": "response", "corr_id": 3, "ok": True,
-                                             "result": "Pong"}
+        async with running_server(tmp_path) as (_, uri, _pm), websockets.connect(uri) as ws:
+            await ws.send(json.dumps({"type": "ping", "corr_id": 3}))
+            reply = await ws.recv()
+            assert isinstance(reply, str)
+            assert json.loads(reply) == {
+                "type": "response",
+                "corr_id": 3,
+                "ok": True,
+                "result": "Pong",
+            }
 
     run(body())
 
@@ -255,22 +293,21 @@ def test_events_while_detached_are_buffered(tmp_path):
 
 def test_terminate_and_signal(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, _pm):
-            async with PieClient(uri) as c:
-                await install(c, "waiter", WAITER)
-                p = await c.launch_process("waiter")
-                assert (await p.recv()).kind == "message"
-                await p.terminate()
-                e = await p.recv()
-                assert (e.kind, e.value) == ("error", "Signal")
-                assert await c.list_processes() == []
+        async with running_server(tmp_path) as (_, uri, _pm), PieClient(uri) as c:
+            await install(c, "waiter", WAITER)
+            p = await c.launch_process("waiter")
+            assert (await p.recv()).kind == "message"
+            await p.terminate()
+            e = await p.recv()
+            assert (e.kind, e.value) == ("error", "Signal")
+            assert await c.list_processes() == []
 
     run(body())
 
 
 def test_upload_limits_and_chunk_order(tmp_path):
     async def body():
-        async with running_server(tmp_path, max_upload_mb=1) as (_, uri, _pm):
+        async with running_server(tmp_path, max_upload_mb=1) as (_, uri, _pm):  # noqa: SIM117
             async with PieClient(uri) as c:
                 big = ("x = 1\n" * 200_000 + HELLO).encode()  # ~1.2 MB
                 with pytest.raises(PieError, match="max_upload_mb = 1"):
@@ -278,23 +315,23 @@ def test_upload_limits_and_chunk_order(tmp_path):
                 # the connection and the store are fine afterwards
                 assert await install(c, "hello", HELLO) == "hello@0.1.0"
                 with pytest.raises(PieError, match="corrupt"):
-                    from pie import protocol as P
-                    cid = c._corr_id()
-                    fut = asyncio.get_running_loop().create_future()
-                    c._pending[cid] = fut
-                    await c._send(P.AddProgram(corr_id=cid, program_hash="00" * 32,
-                                               manifest=manifest("h2", HELLO), chunk_index=0,
-                                               total_chunks=1, chunk_data=HELLO.encode()))
-                    ok, result = await fut
-                    raise PieError(result)
+                    await c._request(
+                        P.AddProgram,
+                        program_hash="00" * 32,
+                        manifest=manifest("h2", HELLO),
+                        chunk_index=0,
+                        total_chunks=1,
+                        chunk_data=HELLO.encode(),
+                    )
                 with pytest.raises(PieError, match="first chunk"):
-                    cid = c._corr_id()
-                    fut = asyncio.get_running_loop().create_future()
-                    c._pending[cid] = fut
-                    await c._send(P.AddProgram(corr_id=cid, program_hash="ab", manifest="",
-                                               chunk_index=3, total_chunks=4, chunk_data=b""))
-                    ok, result = await fut
-                    raise PieError(result)
+                    await c._request(
+                        P.AddProgram,
+                        program_hash="ab",
+                        manifest="",
+                        chunk_index=3,
+                        total_chunks=4,
+                        chunk_data=b"",
+                    )
                 assert await c.ping() == "Pong"
 
     run(body())
@@ -302,45 +339,49 @@ def test_upload_limits_and_chunk_order(tmp_path):
 
 def test_bad_programs_are_rejected_with_reasons(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, _pm):
-            async with PieClient(uri) as c:
-                with pytest.raises(PieError, match="syntax error at line 1"):
-                    await c.install_program(manifest("bad", ""), b"async def main(:\n  pass\n")
-                with pytest.raises(PieError, match="not a WebAssembly component"):
-                    await c.install_program('[package]\nname = "w"\nversion = "1.0.0"\n',
-                                            b"garbage")
-                await install(c, "hello", HELLO)
-                with pytest.raises(PieError, match="already installed with different"):
-                    await install(c, "hello", HELLO + "\n# changed\n")
-                await c.install_program(manifest("hello", HELLO), (HELLO + "#c\n").encode(),
-                                        force_overwrite=True)
-                assert await install(c, "hello", HELLO + "#c\n") == "hello@0.1.0"
+        async with running_server(tmp_path) as (_, uri, _pm), PieClient(uri) as c:
+            with pytest.raises(PieError, match="syntax error at line 1"):
+                await c.install_program(manifest("bad", ""), b"async def main(:\n  pass\n")
+            with pytest.raises(PieError, match="not a WebAssembly component"):
+                await c.install_program('[package]\nname = "w"\nversion = "1.0.0"\n', b"garbage")
+            await install(c, "hello", HELLO)
+            with pytest.raises(PieError, match="already installed with different"):
+                await install(c, "hello", HELLO + "\n# changed\n")
+            await c.install_program(
+                manifest("hello", HELLO), (HELLO + "#c\n").encode(), force_overwrite=True
+            )
+            assert await install(c, "hello", HELLO + "#c\n") == "hello@0.1.0"
 
     run(body())
 
 
 def test_files_both_ways(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, _pm):
-            async with PieClient(uri) as c:
-                await install(c, "files", FILES)
-                p = await c.launch_process("files", {"size": 300_000})
-                data = bytes(range(256)) * 1200  # > one chunk
-                await p.transfer_file(data)
-                events = [e async for e in p]
-                assert [e.kind for e in events] == ["file", "return"]
-                assert events[0].value == bytes(reversed(data)) + b"x" * 300_000
-                assert p.result == str(len(data))
+        async with running_server(tmp_path) as (_, uri, _pm), PieClient(uri) as c:
+            await install(c, "files", FILES)
+            p = await c.launch_process("files", {"size": 300_000})
+            data = bytes(range(256)) * 1200  # > one chunk
+            await p.transfer_file(data)
+            events = [e async for e in p]
+            assert [e.kind for e in events] == ["file", "return"]
+            assert events[0].value == bytes(reversed(data)) + b"x" * 300_000
+            assert p.result == str(len(data))
 
     run(body())
 
 
 def test_model_status_and_unknown_query(tmp_path):
-    stats = {"default": {"kv_pages_used": 3, "kv_pages_total": 64, "latency": {"p50": 1.5},
-                         "batch_size_hist": {1: 4, 2: 1}}}
+    stats = {
+        "default": {
+            "kv_pages_used": 3,
+            "kv_pages_total": 64,
+            "latency": {"p50": 1.5},
+            "batch_size_hist": {1: 4, 2: 1},
+        }
+    }
 
     async def body():
-        async with running_server(tmp_path, stats=lambda: stats) as (_, uri, _pm):
+        async with running_server(tmp_path, stats=lambda: stats) as (_, uri, _pm):  # noqa: SIM117
             async with PieClient(uri) as c:
                 status = await c.model_status()
                 assert status["default.kv_pages_used"] == 3
@@ -354,20 +395,19 @@ def test_model_status_and_unknown_query(tmp_path):
 
 def test_launch_many_and_run_many(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, _pm):
-            async with PieClient(uri) as c:
-                await install(c, "hello", HELLO)
-                outs = await c.run_processes("hello", [{"name": "a"}, {"name": "b"}])
-                assert outs == ["hello a", "hello b"]
-                procs = await c.launch_processes("hello", [{"name": "c"}, {"name": "d"}])
-                assert [await p.wait() for p in procs] == ["hello c", "hello d"]
+        async with running_server(tmp_path) as (_, uri, _pm), PieClient(uri) as c:
+            await install(c, "hello", HELLO)
+            outs = await c.run_processes("hello", [{"name": "a"}, {"name": "b"}])
+            assert outs == ["hello a", "hello b"]
+            procs = await c.launch_processes("hello", [{"name": "c"}, {"name": "d"}])
+            assert [await p.wait() for p in procs] == ["hello c", "hello d"]
 
     run(body())
 
 
 def test_launch_waiting_for_admission_does_not_block_the_connection(tmp_path):
     async def body():
-        async with running_server(tmp_path, max_concurrent=1) as (_, uri, _pm):
+        async with running_server(tmp_path, max_concurrent=1) as (_, uri, _pm):  # noqa: SIM117
             async with PieClient(uri) as c:
                 await install(c, "waiter", WAITER)
                 first = await c.launch_process("waiter")

@@ -1,0 +1,60 @@
+"""Boot the controller with a real dummy-driver worker and scheduler (processes faked)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+from fake_processes import FakeProcessManager
+from front import run
+
+from pie.client import PieClient
+from pie.config import default_config
+from pie.controller import Engine
+from pie.programs import ProgramStore
+
+
+def _shm() -> set[str]:
+    d = Path("/dev/shm")
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+@pytest.mark.e2e
+def test_dummy_worker_boot_status_and_clean_stop(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIE_HOME", str(tmp_path / "home"))
+    cfg = default_config(cuda=False)
+    model = cfg.models[0]
+    driver = msgspec.structs.replace(model.driver, type="dummy", options={"total_pages": 32})
+    cfg = msgspec.structs.replace(cfg, models=[msgspec.structs.replace(model, driver=driver)])
+    before = _shm()
+
+    async def body():
+        engine = Engine(
+            cfg,
+            port=0,
+            auth_enabled=False,
+            process_manager_factory=lambda engines: FakeProcessManager(),
+            programs=ProgramStore(tmp_path / "programs"),
+        )
+        steps = []
+        await engine.start(steps.append)
+        try:
+            assert any("ready" in s for s in steps), steps
+            sched = engine.engines["default"]
+            assert sched.info.page_size == 16 and sched.info.eos_token_ids
+            assert sched.tokenizer.decode(sched.tokenizer.encode("hello")) == "hello"
+            pids = [w._procs[0].pid for w in engine.workers]
+            async with PieClient(engine.url) as c:
+                status = await c.model_status()
+            assert status["default.pages_total"] == 32
+            assert status["default.pages_used"] == 0
+        finally:
+            await engine.stop()
+        for pid in pids:  # the worker processes are gone
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+    run(body(), timeout=120)
+    assert _shm() - before == set()  # every ring was unlinked
