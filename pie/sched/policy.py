@@ -49,8 +49,11 @@ class AdaptivePolicy:
     Fire if the queue fills a batch (`max_size`); or nothing was fired yet; or the queue holds
     at least the recent cohort size (a high-water mark that rises to any larger batch and
     decays by one on each smaller one, so it follows a shrinking population); or the oldest
-    queued pass has waited as long as the last batch took (the first batch's latency, which
-    includes warm-up, is not used). Otherwise wait for the remainder.
+    queued pass has waited as long as the last batch took. Otherwise wait for the remainder.
+
+    The first batch's latency includes warm-up, so it only bounds the wait until a second
+    batch has been measured; ignoring it altogether would fire the second batch at the first
+    straggler and split the cohort into halves that then alternate for good.
     """
 
     name = "adaptive"
@@ -73,8 +76,7 @@ class AdaptivePolicy:
             self.high_water = size
         else:
             self.high_water = max(1, self.high_water - 1)
-        if self.fires > 1:
-            self.last_latency = latency
+        self.last_latency = latency
 
 
 POLICIES = {"adaptive": AdaptivePolicy, "eager": EagerPolicy, "greedy": GreedyPolicy}
