@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import functools
 import inspect
+import ipaddress
 import itertools
 import json
 import math
@@ -524,13 +526,11 @@ def _check_table(table: dict, cls: type[msgspec.Struct], path: str, issues: list
     for key, value in table.items():
         f = fields.get(key)
         if f is None:
-            known = ", ".join(fields)
-            hint = ""
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean `{close[0]}`?" if close else "known keys: " + ", ".join(fields)
             if cls is DriverConfig and key in _OPTION_KNOBS:
-                hint = "; driver knobs live in [model.driver.options]"
-            issues.append(
-                f"unknown key `{_join(path, key)}` in {_section_name(path)} (known keys: {known}){hint}"
-            )
+                hint = "driver knobs live in [model.driver.options]"
+            issues.append(f"unknown key `{_join(path, key)}` in {_section_name(path)} ({hint})")
             continue
         _check_value(value, f.type, _join(path, key), issues)
     for key, f in fields.items():
@@ -577,6 +577,28 @@ def _positive(
         issues.append(f"{path} must be > 0, got {value}")
 
 
+def _host_pattern_problem(entry: str) -> str | None:
+    """Why an allowed-host entry ("*", host, host:port, CIDR, CIDR:port) is malformed, or None."""
+    if entry == "*":
+        return None
+    if not entry or any(c.isspace() for c in entry):
+        return "must be a host, host:port, CIDR or CIDR:port without spaces"
+    host, port = entry, None
+    if entry.startswith("["):  # [v6]:port
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":") or None
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"has port {port!r}; use 1..65535"
+    if "/" in host:
+        try:
+            ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            return "is not a valid CIDR range (e.g. 10.0.0.0/8)"
+    return None
+
+
 def _validate(cfg: PieConfig) -> list[str]:
     issues: list[str] = []
     s = cfg.server
@@ -590,6 +612,12 @@ def _validate(cfg: PieConfig) -> list[str]:
         _positive(issues, f"runtime.{key}", getattr(r, key), allow_zero=True)
     if not r.fs_scratch_dir:
         issues.append("runtime.fs_scratch_dir must not be empty")
+    for i, entry in enumerate(r.network_allowed_hosts):
+        problem = _host_pattern_problem(entry)
+        if problem:
+            issues.append(f"runtime.network_allowed_hosts.{i} {json.dumps(entry)} {problem}")
+    if not s.host.strip():
+        issues.append("server.host must not be empty")
 
     if not cfg.models:
         issues.append("at least one [[model]] block is required")

@@ -533,3 +533,39 @@ def test_old_keys_inside_new_shape_are_migration_errors() -> None:
 
 def test_typed_config_is_a_struct() -> None:
     assert isinstance(default_config(cuda=False), PieConfig)
+
+
+@pytest.mark.parametrize(
+    ("entry", "ok"),
+    [
+        ("*", True),
+        ("127.0.0.1", True),
+        ("10.0.0.0/8", True),
+        ("10.0.0.0/8:443", True),
+        ("example.com", True),
+        ("example.com:443", True),
+        ("[::1]:8080", True),
+        ("fe80::1", True),
+        ("10.0.0.0/33", False),
+        ("host:0", False),
+        ("host:http", False),
+        ("a b", False),
+        ("", False),
+    ],
+)
+def test_network_allowed_hosts_forms(entry: str, ok: bool) -> None:
+    data = base()
+    data["runtime"]["network_allowed_hosts"] = [entry]
+    if ok:
+        parse_config(data, "x")
+    else:
+        rejects(data, "runtime.network_allowed_hosts.0")
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    data = base()
+    data["server"]["prot"] = 1
+    rejects(data, "unknown key `server.prot` in [server] (did you mean `port`?)")
+    data = base()
+    data["server"]["zzz"] = 1
+    rejects(data, "known keys: host, port, verbose")

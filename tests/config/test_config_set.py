@@ -167,6 +167,9 @@ def test_utilization_round_trip(u: float) -> None:
 # ----------------------------------------------------------------------------- TOML writer
 
 TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=20)
+HOSTS = st.sampled_from(
+    ["*", "127.0.0.1", "10.0.0.0/8", "10.0.0.0/8:443", "example.com:80", "[::1]:443", "::1"]
+)
 SCALAR = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -186,8 +189,8 @@ def test_toml_values_round_trip(table: dict) -> None:
 
 @FAST
 @given(
-    host=TEXT,
-    hosts=st.lists(TEXT, max_size=3),
+    host=TEXT.filter(str.strip),
+    hosts=st.lists(HOSTS, max_size=3),
     threads=st.integers(min_value=1, max_value=256),
     seed=st.integers(min_value=0, max_value=2**32),
     limit=st.one_of(st.none(), st.integers(min_value=1, max_value=10**9)),
