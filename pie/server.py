@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import secrets
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 WS_PATHS = ("/", "/v1/ws")
 IDENTITY_HEADER = "x-pie-identity"
+MAX_ORPHAN_EVENTS = 4096  # per process, oldest dropped first
+MAX_ORPHAN_PROCESSES = 1024
 NOT_AUTHENTICATED = (
     "Not authenticated: send auth_identify then auth_prove (or auth_by_token) first."
 )
@@ -89,6 +92,8 @@ class Server:
         self.stats = stats or (dict)
         self.sessions: set[Session] = set()
         self.attached: dict[str, Session] = {}  # pid -> the session receiving its events
+        # events that reached a session as its connection dropped, kept for the next attach
+        self.orphans: OrderedDict[str, tuple[str, deque]] = OrderedDict()  # pid -> (user, msgs)
         self._ws_server: Any = None
         self.port: int = self.options.port
 
@@ -148,6 +153,8 @@ class Session:
             self.user = identity or "anonymous"
         self.text = False  # answer in JSON text frames once the client speaks them
         self.outbox: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+        self._unsent: list[P.ServerMessage] = []
         self.tasks: set[asyncio.Task] = set()
         self._challenge: tuple[str, bytes] | None = None
         self._uploads: dict[str, _Upload] = {}
@@ -179,6 +186,7 @@ class Session:
         except websockets.ConnectionClosed:
             pass
         finally:
+            self.closed = True
             for t in list(self.tasks):
                 t.cancel()
             self.outbox.put_nowait(None)
@@ -186,6 +194,13 @@ class Session:
                 await asyncio.wait_for(writer, 1.0)
             except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
                 writer.cancel()
+            leftovers = self._unsent
+            while not self.outbox.empty():
+                msg = self.outbox.get_nowait()
+                if msg is not None:
+                    leftovers.append(msg)
+            for msg in leftovers:
+                self._stash(msg)
 
     async def _write_loop(self) -> None:
         while True:
@@ -195,10 +210,26 @@ class Session:
             try:
                 await self.ws.send(P.encode_server(msg, self.text))
             except websockets.ConnectionClosed:
+                self._unsent.append(msg)
                 return
 
     def send(self, msg: P.ServerMessage) -> None:
-        self.outbox.put_nowait(msg)
+        if self.closed:
+            self._stash(msg)
+        else:
+            self.outbox.put_nowait(msg)
+
+    def _stash(self, msg: P.ServerMessage) -> None:
+        """Keep a process event the dropped client never got, for whoever attaches next."""
+        if not isinstance(msg, (P.ProcessEvent, P.FileChunk)) or self.user is None:
+            return
+        orphans = self.server.orphans
+        entry = orphans.get(msg.process_id)
+        if entry is None:
+            entry = orphans[msg.process_id] = (self.user, deque(maxlen=MAX_ORPHAN_EVENTS))
+            while len(orphans) > MAX_ORPHAN_PROCESSES:
+                orphans.popitem(last=False)
+        entry[1].append(msg)
 
     def reply(self, corr_id: int, ok: bool, result: str) -> None:
         self.send(P.Response(corr_id=corr_id, ok=ok, result=result))
@@ -239,6 +270,9 @@ class Session:
                     log.debug("detach %s failed", pid, exc_info=True)
 
     def _owns(self, pid: str) -> bool:
+        orphan = self.server.orphans.get(pid)
+        if orphan is not None and orphan[0] == self.user:
+            return True
         try:
             return any(p.get("id") == pid for p in self.server.processes.list(user=self.user))
         except Exception:
@@ -544,6 +578,15 @@ class Session:
                 f"Process {pid} is attached to another client; close that connection first.",
             )
             return
+        orphan = self.server.orphans.pop(pid, None)
+        if orphan is not None:
+            for event in orphan[1]:
+                self.send(event)
+            if any(
+                isinstance(e, P.ProcessEvent) and e.event in P.TERMINAL_EVENTS for e in orphan[1]
+            ):
+                self.reply(msg.corr_id, True, "Attached")  # it already ended: nothing to follow
+                return
         self.server.attached[pid] = self
         try:
             self.server.processes.attach(pid, self.on_event)

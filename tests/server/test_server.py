@@ -421,3 +421,40 @@ def test_launch_waiting_for_admission_does_not_block_the_connection(tmp_path):
                 assert await second.wait() == "got 2"
 
     run(body())
+
+
+def test_events_racing_a_disconnect_are_kept_for_the_next_attach(tmp_path):
+    """An event delivered to a session whose connection just dropped is not lost."""
+
+    async def body():
+        async with running_server(tmp_path) as (server, uri, pm):
+            real_detach = pm.detach
+
+            def racing_detach(pid):
+                pm.procs[pid].emit("message", "in flight")  # still routed to the old session
+                real_detach(pid)
+
+            pm.detach = racing_detach
+            async with PieClient(uri, identity="erin") as c:
+                await install(c, "waiter", WAITER)
+                p = await c.launch_process("waiter")
+                await p.recv()
+            for _ in range(100):
+                if not server.sessions:
+                    break
+                await asyncio.sleep(0.01)
+            assert p.id in server.orphans
+            pm.signal(p.id, "x")
+            await asyncio.sleep(0.02)
+            async with PieClient(uri, identity="mallory") as other:
+                with pytest.raises(PieError, match="No process"):
+                    await other.attach_process(p.id)
+            async with PieClient(uri, identity="erin") as c2:
+                p2 = await c2.attach_process(p.id)
+                events = [(e.kind, e.value) async for e in p2]
+                assert events == [("message", "in flight"), ("return", "got x")]
+            assert p.id not in server.orphans
+            # a process whose end was stashed can be attached once, then it is gone
+            pm.detach = real_detach
+
+    run(body())
