@@ -49,6 +49,7 @@ __all__ = [
     "ServerConfig",
     "TelemetryConfig",
     "default_config",
+    "describe_keys",
     "dump_config",
     "infer_value",
     "load_config",
@@ -1155,3 +1156,55 @@ def retarget_driver_options(data: dict, model_index: int) -> list[str]:
     for k in dropped:
         del options[k]
     return dropped
+
+
+def _default_text(f: msgspec.structs.FieldInfo) -> str | None:
+    """A field's default as TOML-ish text; None for nested tables."""
+    if f.required:
+        return "required"
+    if f.default_factory is not msgspec.NODEFAULT:
+        if (f.encode_name, f.default_factory) == ("worker_threads", _cpu_count):
+            return "number of CPUs"
+        if f.default_factory is _default_scratch_dir:
+            return '"<tempdir>/pie"'
+        value = f.default_factory()
+        if isinstance(value, msgspec.Struct):
+            return None
+    else:
+        value = f.default
+    return "unset" if value is None else toml_value(value)
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """Every config key as (dot path, default, description), generated from the schema.
+
+    Model keys are shown under `model.0`; driver options per embedded driver under
+    `model.0.driver.options (<driver>)`.
+    """
+    sections: list[tuple[str, type]] = [
+        ("server", ServerConfig),
+        ("auth", AuthConfig),
+        ("telemetry", TelemetryConfig),
+        ("runtime", RuntimeConfig),
+        ("model.0", ModelConfig),
+        ("model.0.scheduler", SchedulerConfig),
+        ("model.0.driver", DriverConfig),
+    ]
+    rows = []
+    for prefix, cls in sections:
+        docs = field_docs(cls)
+        for f in msgspec.structs.fields(cls):
+            default = _default_text(f)
+            if default is not None and f.encode_name != "options":
+                rows.append((f"{prefix}.{f.encode_name}", default, docs.get(f.name, "")))
+    for driver, cls in OPTIONS_BY_DRIVER.items():
+        docs = field_docs(cls)
+        for f in msgspec.structs.fields(cls):
+            rows.append(
+                (
+                    f"model.0.driver.options.{f.encode_name} ({driver})",
+                    _default_text(f) or "",
+                    docs.get(f.name, ""),
+                )
+            )
+    return rows

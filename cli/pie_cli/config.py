@@ -16,6 +16,7 @@ from pie import paths
 from pie.config import (
     ConfigError,
     default_config,
+    describe_keys,
     dump_config,
     dump_toml,
     parse_config,
@@ -141,6 +142,25 @@ def _save(updated: dict, target: Path, change: str) -> None:
             e.issues,
         ) from None
     write_config(HEADER + dump_toml(updated), target)
+
+
+@config_app.command("keys")
+def keys(
+    prefix: str = typer.Argument(
+        "", help="Only keys starting with this, e.g. runtime or model.0.driver."
+    ),
+) -> None:
+    """List every config key with its default and what it does."""
+    rows = [r for r in describe_keys() if r[0].startswith(prefix)]
+    if not rows:
+        raise UserError(
+            f"No config key starts with {prefix!r}; run `pie config keys` for all of them."
+        )
+    width = max(len(r[0]) for r in rows)
+    for key, default, doc in rows:
+        typer.echo(f"{key.ljust(width)}  {default}")
+        if doc:
+            typer.echo(f"    {doc}")
 
 
 def register(app: typer.Typer) -> None:

@@ -204,3 +204,15 @@ def test_add_a_model_as_an_inline_table(home) -> None:
     assert cfg.model("b").driver.device == ["cuda:1"]
     assert invoke("config", "unset", "model.1").exit_code == 0
     assert len(load_config(home / "config.toml").models) == 1
+
+
+def test_keys_lists_schema_with_defaults(home) -> None:
+    r = invoke("config", "keys")
+    assert r.exit_code == 0
+    assert "server.port" in r.stdout and "8080" in r.stdout
+    assert "model.0.scheduler.batch_policy" in r.stdout and '"adaptive"' in r.stdout
+    assert "model.0.driver.options.gpu_mem_utilization (cuda_native)" in r.stdout
+    r = invoke("config", "keys", "auth")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].startswith("auth.enabled")
+    assert "server.port" not in r.stdout
+    assert invoke("config", "keys", "nope").exit_code == 1
