@@ -58,8 +58,11 @@ def _mib(n: int) -> str:
 
 def run_checks(config: Path | None = None) -> list[Check]:
     """Run every check; each one reports ok/failed and a one-line detail."""
-    checks = [Check("python", True, f"{platform.python_version()} ({platform.machine()})")]
-    for dist in ("torch", "triton", "wasmtime"):
+    checks = [
+        Check("pie", True, _version("pie-engine") or "not installed (running from a checkout)"),
+        Check("python", True, f"{platform.python_version()} ({platform.machine()})"),
+    ]
+    for dist in ("torch", "triton", "wasmtime", "componentize-py"):
         v = _version(dist)
         checks.append(Check(dist, v is not None, v or f"not installed: pip install {dist}"))
 
