@@ -27,15 +27,13 @@ from pie.ipc.messages import BatchDescriptor, BatchResult, RowResult, SamplerSpe
 from pie.sched.api import EngineError
 from pie.sched.request import PendingForward
 
-_EMPTY_I32 = np.zeros(0, dtype=np.int32)
-
 
 @dataclass(slots=True)
 class Part:
     req: PendingForward
     lo: int  # first input index of the chunk
     hi: int  # one past its last input index
-    outs: np.ndarray  # positions in req.out_index that this chunk produces
+    outs: list[int] | None  # positions in req.out_list this chunk produces; None = whole pass
 
     @property
     def final(self) -> bool:
@@ -97,57 +95,62 @@ def select(
             continue
         seen.add(cid)
         lo = req.sent
-        hi = min(req.size, lo + budget)
-        oi = req.out_index
-        outs = np.flatnonzero((oi >= lo) & (oi < hi)) if len(oi) else _EMPTY_I32
+        hi = req.n if req.n - lo <= budget else lo + budget
+        if lo == 0 and hi == req.n:
+            outs = None
+        else:
+            outs = [j for j, i in enumerate(req.out_list) if lo <= i < hi]
         parts.append(Part(req, lo, hi, outs))
         req.sent = hi
         budget -= hi - lo
-        if hi < req.size:
+        if hi < req.n:
             left.append(req)
     return parts, left, dropped
 
 
 def pack(parts: list[Part], batch_id: int, page_size: int) -> Batch:
     """Build the descriptor for `parts` (in order)."""
-    n = len(parts)
-    tok_chunks = []
-    pos_chunks = []
-    tables = []
-    q_lens = np.empty(n, dtype=np.int32)
-    p_lens = np.empty(n, dtype=np.int32)
-    last = np.empty(n, dtype=np.int32)
-    row_chunks = []
+    tok_chunks: list[np.ndarray] = []
+    pos_chunks: list[np.ndarray] = []
+    tables: list[np.ndarray] = []
+    q_lens: list[int] = []
+    p_lens: list[int] = []
+    last: list[int] = []
+    rows: list[int] = []
     samplers: list[SamplerSpec] = []
     any_mask = False
     any_logit = False
     base = 0
-    for i, part in enumerate(parts):
+    for part in parts:
         req, lo, hi = part.req, part.lo, part.hi
-        tok_chunks.append(req.tokens[lo:hi])
-        pos_chunks.append(req.positions[lo:hi])
-        kv_len = req.start + hi
-        npages = -(-kv_len // page_size)
-        tables.append(req.ctx.page_table()[:npages])
-        q_lens[i] = hi - lo
-        p_lens[i] = npages
-        last[i] = kv_len - (npages - 1) * page_size
-        if len(part.outs):
-            row_chunks.append(req.out_index[part.outs] - lo + base)
-            if len(part.outs) == len(req.samplers):
+        if part.outs is None:  # the whole pass in one part: no slicing
+            tok_chunks.append(req.tokens)
+            pos_chunks.append(req.positions)
+            if req.out_list:
+                rows.extend([base + i for i in req.out_list])
                 samplers.extend(req.samplers)
-            else:
-                samplers.extend(req.samplers[j] for j in part.outs.tolist())
+        else:
+            tok_chunks.append(req.tokens[lo:hi])
+            pos_chunks.append(req.positions[lo:hi])
+            if part.outs:
+                rows.extend([req.out_list[j] - lo + base for j in part.outs])
+                samplers.extend([req.samplers[j] for j in part.outs])
+        kv_len = req.start + hi
+        npages = (kv_len + page_size - 1) // page_size
+        table = req.ctx.page_table()
+        tables.append(table if npages == len(table) else table[:npages])
+        q_lens.append(hi - lo)
+        p_lens.append(npages)
+        last.append(kv_len - (npages - 1) * page_size)
         any_mask |= req.masks is not None
         any_logit |= req.logit_mask is not None
         base += hi - lo
 
-    def indptr(lens: np.ndarray) -> bytes:
+    def indptr(lens: list[int]) -> bytes:
         out = np.zeros(len(lens) + 1, dtype=np.int32)
         np.cumsum(lens, out=out[1:])
         return out.tobytes()
 
-    rows = np.concatenate(row_chunks).astype(np.int32) if row_chunks else _EMPTY_I32
     desc = BatchDescriptor(
         batch_id=batch_id,
         token_ids=np.concatenate(tok_chunks).tobytes(),
@@ -155,8 +158,8 @@ def pack(parts: list[Part], batch_id: int, page_size: int) -> Batch:
         qo_indptr=indptr(q_lens),
         kv_page_indices=np.concatenate(tables).tobytes(),
         kv_page_indptr=indptr(p_lens),
-        kv_last_page_len=last.tobytes(),
-        output_rows=rows.tobytes(),
+        kv_last_page_len=np.asarray(last, dtype=np.int32).tobytes(),
+        output_rows=np.asarray(rows, dtype=np.int32).tobytes(),
         samplers=samplers,
     )
     if any_mask:
@@ -167,7 +170,7 @@ def pack(parts: list[Part], batch_id: int, page_size: int) -> Batch:
             for p in parts
         ]
         desc.logit_mask_runs = np.concatenate(runs).astype(np.uint32).tobytes()
-        desc.logit_mask_indptr = indptr(np.array([len(r) for r in runs], dtype=np.int32))
+        desc.logit_mask_indptr = indptr([len(r) for r in runs])
     return Batch(descriptor=desc, parts=parts, num_tokens=base, num_outputs=len(samplers))
 
 
@@ -212,17 +215,17 @@ def scatter(batch: Batch, result: BatchResult) -> list[Part]:
     k = 0
     for part in batch.parts:
         req = part.req
-        m = len(part.outs)
+        m = len(req.results) if part.outs is None else len(part.outs)
         if m:
             if rows:
                 got = rows[k : k + m]
             else:
                 assert tokens is not None
                 got = [RowResult(token=t) for t in tokens[k : k + m].tolist()]
-            if m == len(req.results):
+            if part.outs is None:
                 req.results = got
             else:
-                for j, r in zip(part.outs.tolist(), got):
+                for j, r in zip(part.outs, got):
                     req.results[j] = r
             k += m
         if part.final:

@@ -22,7 +22,7 @@ class PendingForward:
     ctx: Context
     tokens: np.ndarray  # int32 [n]
     positions: np.ndarray  # int32 [n]
-    out_index: np.ndarray  # int64 [o] input index of each output, in request order
+    out_list: list[int]  # input index of each output, in request order
     samplers: list[SamplerSpec]
     masks: list[list[int]] | None  # one BRLE row per input token, over the KV after the pass
     logit_mask: np.ndarray | None  # uint32 BRLE over the vocabulary
@@ -30,13 +30,14 @@ class PendingForward:
     future: asyncio.Future[list[RowResult]]
     enqueued: float
     deadline: float
+    n: int = 0  # number of input tokens
     sent: int = 0  # tokens already handed to the worker in earlier chunks
     results: list[RowResult | None] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.tokens)
+        return self.n
 
     @property
     def end(self) -> int:
-        return self.start + len(self.tokens)
+        return self.start + self.n

@@ -49,6 +49,14 @@ from pie.sched.stats import SchedulerStats
 log = logging.getLogger(__name__)
 
 
+def _bounds(values: list[int]) -> tuple[int, int]:
+    """(min, max) of a list of ints; plain Python is faster than numpy for short lists."""
+    if len(values) <= 64:
+        return min(values), max(values)
+    a = np.asarray(values, dtype=np.int64)
+    return int(a.min()), int(a.max())
+
+
 class Worker(Protocol):
     info: WorkerInfo
 
@@ -301,22 +309,19 @@ class Scheduler:
                 f"a forward pass needs one position per token: {n} tokens, "
                 f"{len(req.positions)} positions"
             )
-        tokens = np.asarray(req.tokens, dtype=np.int64)
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size:
-            raise EngineError(
-                f"token ids must be in [0, {self.vocab_size}); got "
-                f"{int(tokens.min())}..{int(tokens.max())}"
-            )
-        positions = np.asarray(req.positions, dtype=np.int64)
-        if int(positions.min()) < 0:
-            raise EngineError("positions must be >= 0")
+        lo, hi = _bounds(req.tokens)
+        if lo < 0 or hi >= self.vocab_size:
+            raise EngineError(f"token ids must be in [0, {self.vocab_size}); got {lo}..{hi}")
+        lo, hi = _bounds(req.positions)
+        if lo < 0 or hi >= 2**31:
+            raise EngineError(f"positions must be in [0, 2**31); got {lo}..{hi}")
         if ctx.kv_len + n > self.max_model_len:
             raise EngineError(
                 f"context {ctx.id} would hold {ctx.kv_len + n} tokens, more than the model's "
                 f"maximum length {self.max_model_len}"
             )
-        out_index = np.fromiter((i for i, _ in req.outputs), dtype=np.int64, count=len(req.outputs))
-        if len(out_index) and (int(out_index.min()) < 0 or int(out_index.max()) >= n):
+        out_list = [i for i, _ in req.outputs]
+        if out_list and (min(out_list) < 0 or max(out_list) >= n):
             raise EngineError(f"output indices must be in [0, {n}) (the pass's input tokens)")
         if req.attention_mask is not None and len(req.attention_mask) != n:
             raise EngineError(
@@ -326,26 +331,25 @@ class Scheduler:
         logit_mask = None
         if req.logit_mask is not None:
             logit_mask = np.asarray(req.logit_mask, dtype=np.uint32)
-            if int(logit_mask.sum(dtype=np.int64)) > self.vocab_size:
+            covered = int(logit_mask.sum(dtype=np.int64))
+            if covered > self.vocab_size:
                 raise EngineError(
-                    f"the logit mask covers {int(logit_mask.sum(dtype=np.int64))} ids but the "
-                    f"vocabulary has {self.vocab_size}"
+                    f"the logit mask covers {covered} ids but the vocabulary has {self.vocab_size}"
                 )
         if n > self.max_batch_tokens and req.attention_mask is not None:
-            # fail now rather than mid-way through the chunks
+            # a mask that cannot be chunked fails now rather than mid-way through the chunks
             start = ctx.kv_len
-            for i in range(0, n, self.max_batch_tokens):
-                hi = min(n, i + self.max_batch_tokens)
-                if hi < n:
-                    for row in req.attention_mask[i:hi]:
-                        brle_prefix(row, start + hi)
+            for i in range(0, n - self.max_batch_tokens, self.max_batch_tokens):
+                hi = i + self.max_batch_tokens
+                for row in req.attention_mask[i:hi]:
+                    brle_prefix(row, start + hi)
         now = self._clock()
         return PendingForward(
             pid=pid,
             ctx=ctx,
-            tokens=tokens.astype(np.int32),
-            positions=positions.astype(np.int32),
-            out_index=out_index,
+            tokens=np.array(req.tokens, dtype=np.int32),
+            positions=np.array(req.positions, dtype=np.int32),
+            out_list=out_list,
             samplers=[s for _, s in req.outputs],
             masks=req.attention_mask,
             logit_mask=logit_mask,
@@ -353,7 +357,8 @@ class Scheduler:
             future=asyncio.get_running_loop().create_future(),
             enqueued=now,
             deadline=now + self.request_timeout,
-            results=[None] * len(out_index),
+            results=[None] * len(out_list),
+            n=n,
         )
 
     def _check_alive(self) -> None:
