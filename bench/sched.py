@@ -193,7 +193,7 @@ def naive_pack(queue) -> BatchDescriptor:
         kv = req.start + len(req.tokens)
         np_ = -(-kv // PAGE)
         for pg in (req.ctx.committed + req.ctx.working)[:np_]:
-            pages.append(pg)
+            pages.append(pg)  # noqa: PERF402 - the naive way, on purpose
         pind.append(len(pages))
         last.append(kv - (np_ - 1) * PAGE)
         for i in req.out_list:
@@ -204,7 +204,9 @@ def naive_pack(queue) -> BatchDescriptor:
     def b(xs):
         return struct.pack(f"<{len(xs)}i", *xs)
 
-    return BatchDescriptor(0, b(toks), b(poss), b(qo), b(pages), b(pind), b(last), b(rows), samplers)
+    return BatchDescriptor(
+        0, b(toks), b(poss), b(qo), b(pages), b(pind), b(last), b(rows), samplers
+    )
 
 
 def pack_us(n: int, tokens: int, repeats: int) -> tuple[float, float]:
@@ -242,7 +244,9 @@ def main() -> None:
             loop_name = "uvloop"
         except ImportError:
             pass
-    print(f"scheduler overhead, decode steps={args.steps}, repeats={args.repeats}, loop={loop_name}")
+    print(
+        f"scheduler overhead, decode steps={args.steps}, repeats={args.repeats}, loop={loop_name}"
+    )
     print(
         f"{'contexts':>8} | {'sched us/req':>12} | {'floor us/req':>12} | {'sched-floor':>11} | "
         f"{'pack 1 tok':>10} | {'naive 1 tok':>11} | {'pack 128':>8} | {'naive 128':>9} | "

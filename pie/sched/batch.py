@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -207,23 +208,23 @@ def scatter(batch: Batch, result: BatchResult) -> list[Part]:
     if rows:
         if len(rows) != o:
             raise EngineError(f"worker returned {len(rows)} rows for a batch with {o} outputs")
-    elif o:
-        if tokens is None or len(tokens) != o:
-            got = 0 if tokens is None else len(tokens)
-            raise EngineError(f"worker returned {got} tokens for a batch with {o} outputs")
+    elif o and (tokens is None or len(tokens) != o):
+        count = 0 if tokens is None else len(tokens)
+        raise EngineError(f"worker returned {count} tokens for a batch with {o} outputs")
     finished: list[Part] = []
     k = 0
     for part in batch.parts:
         req = part.req
         m = len(req.results) if part.outs is None else len(part.outs)
         if m:
+            got: list[RowResult]
             if rows:
                 got = rows[k : k + m]
             else:
                 assert tokens is not None
                 got = [RowResult(token=t) for t in tokens[k : k + m].tolist()]
             if part.outs is None:
-                req.results = got
+                req.results = cast("list[RowResult | None]", got)
             else:
                 for j, r in zip(part.outs, got):
                     req.results[j] = r

@@ -122,7 +122,9 @@ class ContextManager:
             self.destroy(ctx)
         return victims
 
-    def _clone(self, src: Context, pid: str | None, extra_working: int = 0) -> tuple[Context, CopyPlan]:
+    def _clone(
+        self, src: Context, pid: str | None, extra_working: int = 0
+    ) -> tuple[Context, CopyPlan]:
         """A new context sharing `src`'s committed chain, with copies of its written pages.
 
         `extra_working` more (empty) working pages are reserved on top of the written ones.

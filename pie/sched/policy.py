@@ -79,7 +79,11 @@ class AdaptivePolicy:
         self.last_latency = latency
 
 
-POLICIES = {"adaptive": AdaptivePolicy, "eager": EagerPolicy, "greedy": GreedyPolicy}
+POLICIES: dict[str, type[BatchPolicy]] = {
+    "adaptive": AdaptivePolicy,
+    "eager": EagerPolicy,
+    "greedy": GreedyPolicy,
+}
 
 
 def make_policy(name: str) -> BatchPolicy:

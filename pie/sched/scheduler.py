@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -153,7 +153,7 @@ class Scheduler:
             self._task = None
         self._fail_queued(EngineError(self._dead))
 
-    async def __aenter__(self) -> Scheduler:
+    async def __aenter__(self) -> Self:
         self.start()
         return self
 
@@ -464,7 +464,7 @@ class Scheduler:
         except asyncio.CancelledError:
             self._fail_parts(batch, EngineError(f"model {self.info.name!r} is shutting down"))
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the worker client means it is gone
             self._dead = f"the worker of model {self.info.name!r} failed: {e}"
             log.error("%s", self._dead)
             self._fail_parts(batch, EngineError(self._dead))

@@ -13,7 +13,9 @@ import numpy as np
 # batch-size buckets: 1, 2-3, 4-7, ..., 64-127, 128+
 _BUCKET_LO = (1, 2, 4, 8, 16, 32, 64, 128)
 _BUCKET_LABELS = tuple(
-    f"{lo}+" if i == len(_BUCKET_LO) - 1 else (f"{lo}" if lo == 1 else f"{lo}-{_BUCKET_LO[i + 1] - 1}")
+    f"{lo}+"
+    if i == len(_BUCKET_LO) - 1
+    else (f"{lo}" if lo == 1 else f"{lo}-{_BUCKET_LO[i + 1] - 1}")
     for i, lo in enumerate(_BUCKET_LO)
 )
 _WINDOW = 4096  # recent samples kept for percentiles

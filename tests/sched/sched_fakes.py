@@ -23,7 +23,9 @@ VOCAB = 1000
 def row_token(tokens: np.ndarray, positions: np.ndarray) -> int:
     """The fake model: a deterministic function of the visible KV (slot order matters)."""
     idx = np.arange(len(tokens), dtype=np.int64)
-    h = (tokens.astype(np.int64) * 1_000_003 + positions.astype(np.int64) * 7919 + 1) * (idx * 31 + 17)
+    h = (tokens.astype(np.int64) * 1_000_003 + positions.astype(np.int64) * 7919 + 1) * (
+        idx * 31 + 17
+    )
     return int(h.sum() % VOCAB)
 
 
@@ -155,7 +157,9 @@ class FakeTokenizer:
     def special_tokens(self) -> tuple[list[int], list[bytes]]:
         return [0], [b"<eos>"]
 
-    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
         return "".join(m["content"] for m in messages)
 
 

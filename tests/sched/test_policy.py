@@ -58,7 +58,8 @@ async def _workload(policy: str) -> tuple[list[int], list[float]]:
         for step in range(STEPS):
             a = time.monotonic()
             await s.forward(
-                pid, ForwardRequest(ctx=ctx, tokens=[1], positions=[step], outputs=[(0, SamplerSpec())])
+                pid,
+                ForwardRequest(ctx=ctx, tokens=[1], positions=[step], outputs=[(0, SamplerSpec())]),
             )
             calls.append((a, time.monotonic()))
             await asyncio.sleep(rng.uniform(0, 0.008))

@@ -58,7 +58,10 @@ class Ctx:
         res = await self.s.forward(
             self.pid,
             ForwardRequest(
-                ctx=self.id, tokens=tokens, positions=pos, outputs=[(i, SamplerSpec()) for i in outputs]
+                ctx=self.id,
+                tokens=tokens,
+                positions=pos,
+                outputs=[(i, SamplerSpec()) for i in outputs],
             ),
         )
         base = len(self.tokens)
@@ -107,7 +110,9 @@ def test_writing_past_reserved_pages_is_a_clear_error():
             cid = s.create_context("p")
             await s.reserve_pages("p", cid, 2)
             with pytest.raises(EngineError, match=r"slots 0\.\.8 .* 8 slots .* reserve 1 more"):
-                await s.forward("p", ForwardRequest(ctx=cid, tokens=[1] * 9, positions=list(range(9))))
+                await s.forward(
+                    "p", ForwardRequest(ctx=cid, tokens=[1] * 9, positions=list(range(9)))
+                )
             # nothing was claimed by the refused pass
             assert s.context_info("p", cid).working_tokens == 0
             with pytest.raises(EngineError, match="belongs to another process"):
@@ -146,7 +151,9 @@ def test_chunking_refuses_a_mask_that_sees_later_tokens():
             with pytest.raises(EngineError, match="must fit in one batch"):
                 await s.forward(
                     "p",
-                    ForwardRequest(ctx=cid, tokens=[1] * 6, positions=list(range(6)), attention_mask=full),
+                    ForwardRequest(
+                        ctx=cid, tokens=[1] * 6, positions=list(range(6)), attention_mask=full
+                    ),
                 )
             causal = [[0, i + 1] for i in range(6)]
             res = await s.forward(
