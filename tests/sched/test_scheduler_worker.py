@@ -52,14 +52,16 @@ def test_scheduler_drives_a_dummy_worker():
                     return c, [x.token for x in r]
 
                 # 40 tokens through a 16-token worker: three chunks, outputs in two of them
-                (c1, t1), (c2, t2) = await asyncio.gather(prefill(), prefill())
+                (c1, t1), (_, t2) = await asyncio.gather(prefill(), prefill())
                 assert t1 == t2 and all(0 <= t < VOCAB for t in t1)
                 assert s.stats()["chunked_parts"] >= 2
                 f = await s.fork_context("p", c1)
                 only_five = [5, 1, VOCAB - 6]  # 0-4 out, 5 in, the rest out
                 r = await s.forward(
                     "p",
-                    ForwardRequest(f, [7], [40], outputs=[(0, SamplerSpec())], logit_mask=only_five),
+                    ForwardRequest(
+                        f, [7], [40], outputs=[(0, SamplerSpec())], logit_mask=only_five
+                    ),
                 )
                 assert r[0].token == 5
                 s.unregister_process("p")
