@@ -109,6 +109,13 @@ class AttentionPlan:
             )
         n_q = np.diff(qo_indptr)
         n_pages = np.diff(kv_page_indptr)
+        bad = (n_pages > 0) & ((kv_last_page_len < 1) | (kv_last_page_len > page_size))
+        if np.any(bad):
+            r = int(np.argmax(bad))
+            raise ValueError(
+                f"request {r} says its last page holds {kv_last_page_len[r]} tokens; "
+                f"send a count between 1 and the page size ({page_size})"
+            )
         kv_len = np.where(n_pages > 0, (n_pages - 1) * page_size + kv_last_page_len, 0)
         if np.any(kv_len < n_q):
             r = int(np.argmax(kv_len < n_q))

@@ -30,17 +30,19 @@ def _umulhi32(a: int, b: torch.Tensor) -> torch.Tensor:
 def philox_uniform(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Uniforms in [0, 1) equal to `tl.rand(seed, offset)`.
 
-    seeds: [O] int64; offsets: [O, K] or [K] integers (taken modulo 2**32). Returns [O, K] fp32.
+    seeds: [O] int64 with offsets [O, K] or [K] (one seed per row), or seeds and offsets of
+    the same 1-D shape (one seed per element). Offsets are taken modulo 2**32. Returns fp32.
     """
     seeds = seeds.to(torch.int64)
     c0 = offsets.to(torch.int64) & _M32
-    if c0.dim() == 1:
+    if c0.dim() == 2 or (c0.dim() == 1 and seeds.shape != c0.shape):
         c0 = c0.expand(seeds.shape[0], -1)
+        seeds = seeds[:, None]
     c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
-    k0 = (seeds & _M32)[:, None]
-    k1 = ((seeds >> 32) & _M32)[:, None]
+    k0 = seeds & _M32
+    k1 = (seeds >> 32) & _M32
     for _ in range(10):
         n0 = _umulhi32(_ROUND_B, c2) ^ c1 ^ k0
         n2 = _umulhi32(_ROUND_A, c0) ^ c3 ^ k1
@@ -55,7 +57,7 @@ def philox_uniform(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_noise(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """-log(-log(u)) for the clamped Philox uniforms of (seed, offset): [O, K] fp32."""
+    """-log(-log(u)) for the clamped Philox uniforms of (seed, offset), shaped as `philox_uniform`."""
     u = philox_uniform(seeds, offsets).clamp_(U_MIN, U_MAX)
     return -torch.log(-torch.log(u))
 

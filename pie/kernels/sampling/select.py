@@ -82,18 +82,29 @@ def select_triton(
     return out
 
 
+def _block_choice(lse: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """Step 1: the winning block of each row from its blocks' logsumexp [n, nb]."""
+    block_offsets = -1 - torch.arange(lse.shape[1], device=lse.device)
+    return (lse + gumbel_noise(seeds, block_offsets)).argmax(-1)
+
+
 def _sample_dense(z: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     n, v = z.shape
     nb = -(-v // SAMPLE_BLOCK)
-    pad = nb * SAMPLE_BLOCK - v
-    zp = torch.nn.functional.pad(z, (0, pad), value=NEG_INF) if pad else z
-    blocks = zp.view(n, nb, SAMPLE_BLOCK)
-    lse = torch.logsumexp(blocks, -1)  # [n, nb]; -inf for empty blocks
-    block_offsets = -1 - torch.arange(nb, device=z.device)
-    chosen = (lse + gumbel_noise(seeds, block_offsets)).argmax(-1)  # [n]
-    inside = blocks[torch.arange(n, device=z.device), chosen]  # [n, B]
-    ids = chosen[:, None] * SAMPLE_BLOCK + torch.arange(SAMPLE_BLOCK, device=z.device)
-    return chosen * SAMPLE_BLOCK + (inside + gumbel_noise(seeds, ids)).argmax(-1)
+    m = z.amax(-1, keepdim=True)  # the row maximum is finite: a kept token always exists
+    e = torch.exp(z - m)
+    if nb * SAMPLE_BLOCK != v:
+        e = torch.nn.functional.pad(e, (0, nb * SAMPLE_BLOCK - v))
+    # relative to the row maximum rather than each block's: a block this loses to underflow
+    # (mass < 1e-38 of the top token) could never beat the noise bound anyway
+    lse = torch.log(e.view(n, nb, SAMPLE_BLOCK).sum(-1)) + m  # [n, nb]
+    chosen = _block_choice(lse, seeds)
+    start = chosen * SAMPLE_BLOCK
+    ids = (start[:, None] + torch.arange(SAMPLE_BLOCK, device=z.device)).clamp_(max=v - 1)
+    inside = z.gather(1, ids)  # [n, B]; ids past the vocabulary repeat the last one
+    score = inside + gumbel_noise(seeds, ids)
+    score.masked_fill_(ids != start[:, None] + torch.arange(SAMPLE_BLOCK, device=z.device), NEG_INF)
+    return start + score.argmax(-1)
 
 
 def _sample_candidates(
@@ -105,10 +116,11 @@ def _sample_candidates(
     block = ids // SAMPLE_BLOCK
     mass = torch.zeros(n, nb, dtype=values.dtype, device=values.device)
     mass.scatter_add_(1, block, torch.exp(values - m))
-    lse = torch.log(mass) + m
-    block_offsets = -1 - torch.arange(nb, device=values.device)
-    chosen = (lse + gumbel_noise(seeds, block_offsets)).argmax(-1)
-    score = torch.where(block == chosen[:, None], values + gumbel_noise(seeds, ids), NEG_INF)
+    chosen = _block_choice(torch.log(mass) + m, seeds)
+    # noise only for the kept candidates of the winning block (at most B per row)
+    r, j = ((block == chosen[:, None]) & (values > NEG_INF)).nonzero(as_tuple=True)
+    score = torch.full_like(values, NEG_INF)
+    score[r, j] = values[r, j] + gumbel_noise(seeds[r], ids[r, j])
     return ids.gather(1, score.argmax(-1, keepdim=True))[:, 0]
 
 
@@ -119,17 +131,24 @@ def select_torch(
     greedy = temperature <= 0
     tokens = torch.empty(state.num_rows, dtype=torch.int64, device=state.z.device)
     if bool(greedy.any()):
-        # pending thresholds never remove the maximum, so the argmax needs no dense update
-        src = state.z if bool(greedy.all()) else state.z[greedy]
-        tokens[greedy] = src.argmax(-1)
+        # greedy rows carry no pending scale and pending thresholds never remove the maximum,
+        # so their argmax needs no dense update
+        if bool(greedy.all()):
+            return state.z.argmax(-1)
+        tokens[greedy] = state.z[greedy].argmax(-1)
     sampled = ~greedy
     if bool(sampled.any()):
         c = state.candidates
+        every = bool(sampled.all())
         rows = sampled.nonzero()[:, 0]
         if c is not None and bool(c.complete[rows].all()):
+            if every:
+                return _sample_candidates(c.values, c.ids, seeds, state.vocab_size)
             tokens[rows] = _sample_candidates(
                 c.values[rows], c.ids[rows], seeds[rows], state.vocab_size
             )
+        elif every:
+            return _sample_dense(state.dense(), seeds)
         else:
             tokens[rows] = _sample_dense(state.dense()[rows], seeds[rows])
     return tokens

@@ -7,7 +7,8 @@ token means setting its working logit to -inf.
 Two representations of the same kept set live here, so the CPU path never sorts a whole vocabulary:
 
 * `z`: the dense working logits `[O, V]` fp32. The Triton path always keeps it exact.
-* `threshold` and `candidates` (torch path only): threshold filters (top-k, top-p, min-p) only
+* `scale`, `threshold` and `candidates` (torch path only): temperature only records a per-row
+  `scale` (positive scaling keeps the order, so top-k can run on the unscaled row); threshold filters (top-k, top-p, min-p) only
   raise a per-row `threshold` ("tokens with z < threshold are removed"), which is folded into `z`
   lazily by `dense()`. `candidates` holds the highest logits of each row, sorted descending; for
   rows flagged `complete` every kept token is among them, so selection can work on `[O, K]`
@@ -72,6 +73,7 @@ class SamplingState:
         self._owned = False
         self.allowed = allowed  # [O, V] bool or None
         self.threshold: torch.Tensor | None = None  # [O] fp32, torch path
+        self.scale: torch.Tensor | None = None  # [O] fp32, torch path: working logits = z / scale
         self.candidates: Candidates | None = None  # torch path
 
     @property
@@ -91,13 +93,23 @@ class SamplingState:
         return z
 
     def replace(self, z: torch.Tensor) -> None:
-        """Install a freshly computed dense tensor (owned by the state from now on)."""
+        """Install a freshly computed dense tensor (owned; no pending scale or threshold)."""
         self.z = z
         self._owned = True
         self.threshold = None
+        self.scale = None
+
+    def divide(self, scale: torch.Tensor) -> None:
+        """Divide every row by `scale` [O] (> 0), lazily: folded in by `dense()`."""
+        self.dense()
+        self.scale = scale
 
     def dense(self) -> torch.Tensor:
-        """The dense logits with every pending threshold applied."""
+        """The dense logits with the pending scale and threshold applied."""
+        if self.scale is not None:
+            scale, self.scale = self.scale, None
+            self.z = self.z / scale[:, None]
+            self._owned = True
         if self.threshold is not None:
             thr, self.threshold = self.threshold, None
             z = self.writable()

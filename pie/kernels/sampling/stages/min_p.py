@@ -60,6 +60,8 @@ class MinP(Stage):
             m = c.values[:, 0]  # candidates are sorted and the maximum is never removed
         else:
             m = state.z.max(-1).values  # pending thresholds never remove the maximum either
+            if state.scale is not None:
+                m = m / state.scale
         threshold = m + torch.log(torch.where(active, mp, torch.ones_like(mp)))
         state.remove_below(threshold, rows=active)
 

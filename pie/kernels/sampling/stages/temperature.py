@@ -47,7 +47,7 @@ class Temperature(Stage):
         return {"temperature": rng.choice([1.0, 0.5, 0.7, 1.3, 2.0], num_rows)}
 
     def apply_torch(self, state: SamplingState, p: dict[str, torch.Tensor]) -> None:
-        state.replace(state.dense() / p["temperature"][:, None])
+        state.divide(p["temperature"])
 
     def apply_triton(self, state: SamplingState, p: dict[str, torch.Tensor]) -> None:
         z = state.writable()

@@ -82,22 +82,30 @@ class TopK(Stage):
     def apply_torch(self, state: SamplingState, p: dict[str, torch.Tensor]) -> None:
         k = p["top_k"]
         active = k > 0
-        z = state.dense()
+        if state.threshold is not None:
+            state.dense()
+        v = state.vocab_size
         kmax = int(k.max())
-        values, ids = torch.topk(z, kmax, dim=-1, sorted=True)  # [O, kmax] descending
+        # one extra candidate tells whether ties at the k-th value extend past the list
+        n = min(kmax + 1, v)
+        raw, ids = torch.topk(state.z, n, dim=-1, sorted=True)  # [O, n] descending
+        # a pending temperature divides every row by a positive number: same order, and the
+        # same fp32 division `dense()` would do, so the values equal the scaled row exactly
+        values = raw / state.scale[:, None] if state.scale is not None else raw
         kth = values.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]
         threshold = torch.where(active, kth, torch.full_like(kth, NEG_INF))
-        # a row is complete when no token outside the kmax candidates can reach its threshold;
-        # only ties at the last candidate need a dense count to tell
-        complete = active & (values[:, -1] > threshold)
-        maybe = active & ~complete
-        if bool(maybe.any()):
-            rows = maybe.nonzero()[:, 0]
-            thr = threshold[rows, None]
-            zr, vr = z[rows], values[rows]
-            outside = ((zr >= thr) & (zr > NEG_INF)).sum(-1)  # kept finite tokens in the row
-            inside = ((vr >= thr) & (vr > NEG_INF)).sum(-1)  # ... among the candidates
-            complete[rows] = outside == inside
+        if n == v:
+            complete = torch.ones_like(active)
+        else:
+            complete = active & (values[:, -1] < threshold)
+            maybe = active & ~complete
+            if bool(maybe.any()):  # ties reach the end of the list, or fewer than k finite
+                rows = maybe.nonzero()[:, 0]
+                thr = threshold[rows, None]
+                zr, vr = state.dense()[rows], values[rows]
+                outside = ((zr >= thr) & (zr > NEG_INF)).sum(-1)  # kept finite tokens of the row
+                inside = ((vr >= thr) & (vr > NEG_INF)).sum(-1)  # ... among the candidates
+                complete[rows] = outside == inside
         state.candidates = Candidates(values=values, ids=ids, complete=complete)
         state.remove_below(threshold)
 
