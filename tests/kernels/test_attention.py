@@ -126,7 +126,7 @@ def test_write_kv_paths_agree_and_land_in_the_right_slots(dtype, device):
     write_kv(a, k, v, plan)
     write_kv_triton(b, k, v, plan)
     assert torch.equal(a, b)
-    qo, pages, indptr, last = csr
+    qo, pages, indptr, _ = csr
     for r in range(len(n_q)):  # token j of request r sits at slot kv_len - n_q + j
         for j in range(n_q[r]):
             pos = kv_len[r] - n_q[r] + j
