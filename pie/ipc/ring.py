@@ -86,6 +86,10 @@ class MessageTooLarge(RingError, ValueError):
     """A message does not fit one slot."""
 
 
+# a spinning side gives its core to the other side when they share one (a loaded machine);
+# on an idle core sched_yield returns at once
+_yield = getattr(os, "sched_yield", lambda: None)
+
 # --- fences and futexes -------------------------------------------------------------------------
 
 _fence_lock = threading.Lock()
@@ -391,6 +395,7 @@ class Ring:
         while time.perf_counter() < spin_until:
             if self._slot_free(base):
                 return
+            _yield()
         u32 = self._u32
         flags = base + _SLOT_META + 1
         while True:
@@ -480,6 +485,7 @@ class Ring:
         while time.perf_counter() < spin_until:
             if self._slot_ready(base):
                 return
+            _yield()
         u32 = self._u32
         parked = self._reader_word(self.reader_index) + 1
         while True:

@@ -48,6 +48,13 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.argmax(mask))
 
 
+def _outside(a: np.ndarray, lo: int, hi: int) -> int | None:
+    """Index of the first element outside [lo, hi), or None; two reductions on the good path."""
+    if a.size == 0 or (a.min() >= lo and a.max() < hi):
+        return None
+    return int(np.argmax((a < lo) | (a >= hi)))
+
+
 @dataclass
 class ForwardBatch:
     """One validated batch. Arrays are read-only views of the descriptor's bytes."""
@@ -96,7 +103,8 @@ class ForwardBatch:
                 f"batch has {t} tokens but the worker accepts at most {limits.max_batch_tokens} "
                 f"(max_batch_tokens); split the batch"
             )
-        if len(qo) < 1 or qo[0] != 0 or qo[-1] != t or np.any(np.diff(qo) < 0):
+        nq = np.diff(qo)
+        if len(qo) < 1 or qo[0] != 0 or qo[-1] != t or (nq.size and nq.min() < 0):
             raise BatchError(
                 f"qo_indptr must rise from 0 to the token count {t}, got {qo[:8].tolist()}"
                 f"{'...' if len(qo) > 8 else ''}"
@@ -109,71 +117,64 @@ class ForwardBatch:
             )
         if len(pindptr) != r + 1:
             raise BatchError(f"kv_page_indptr has {len(pindptr)} entries, expected {r + 1}")
-        if pindptr[0] != 0 or pindptr[-1] != len(pages) or np.any(np.diff(pindptr) < 0):
+        npages = np.diff(pindptr)
+        if pindptr[0] != 0 or pindptr[-1] != len(pages) or (npages.size and npages.min() < 0):
             raise BatchError(
                 f"kv_page_indptr must rise from 0 to the {len(pages)} page indices given"
             )
         if len(last) != r:
             raise BatchError(f"kv_last_page_len has {len(last)} entries, expected {r}")
-        if len(pages):
-            bad = (pages < 0) | (pages >= limits.total_pages)
-            if bad.any():
-                i = _first_bad(bad)
-                raise BatchError(
-                    f"kv_page_indices[{i}] = {int(pages[i])} is outside the KV pool of "
-                    f"{limits.total_pages} pages"
-                )
-        npages = np.diff(pindptr)
-        nq = np.diff(qo)
+        i = _outside(pages, 0, limits.total_pages)
+        if i is not None:
+            raise BatchError(
+                f"kv_page_indices[{i}] = {int(pages[i])} is outside the KV pool of "
+                f"{limits.total_pages} pages"
+            )
         has = npages > 0
-        bad = has & ((last < 1) | (last > limits.page_size))
-        if bad.any():
+        if r and (last.min() < 1 or last.max() > limits.page_size):
+            bad = has & ((last < 1) | (last > limits.page_size))
+        else:
+            bad = None
+        if bad is not None and bad.any():
             i = _first_bad(bad)
             raise BatchError(
                 f"kv_last_page_len[{i}] = {int(last[i])} must be between 1 and the page size "
                 f"{limits.page_size}"
             )
         kv_len = np.where(has, (npages - 1) * limits.page_size + last, 0)
-        bad = kv_len < nq
-        if bad.any():
-            i = _first_bad(bad)
+        if r and (kv_len - nq).min() < 0:
+            i = _first_bad(kv_len < nq)
             raise BatchError(
                 f"request {i} has {int(nq[i])} new tokens but its {int(npages[i])} KV pages "
                 f"hold only {int(kv_len[i])} slots"
             )
-        bad = kv_len > limits.max_model_len
-        if bad.any():
-            i = _first_bad(bad)
+        if r and kv_len.max() > limits.max_model_len:
+            i = _first_bad(kv_len > limits.max_model_len)
             raise BatchError(
                 f"request {i} reaches {int(kv_len[i])} tokens, beyond the model's "
                 f"{limits.max_model_len}"
             )
-        if t:
-            bad = (tokens < 0) | (tokens >= limits.vocab_size)
-            if bad.any():
-                i = _first_bad(bad)
-                raise BatchError(
-                    f"token_ids[{i}] = {int(tokens[i])} is outside the vocabulary of "
-                    f"{limits.vocab_size}"
-                )
-            bad = (positions < 0) | (positions >= limits.max_model_len)
-            if bad.any():
-                i = _first_bad(bad)
-                raise BatchError(
-                    f"positions[{i}] = {int(positions[i])} is outside 0..{limits.max_model_len - 1}"
-                )
+        i = _outside(tokens, 0, limits.vocab_size)
+        if i is not None:
+            raise BatchError(
+                f"token_ids[{i}] = {int(tokens[i])} is outside the vocabulary of "
+                f"{limits.vocab_size}"
+            )
+        i = _outside(positions, 0, limits.max_model_len)
+        if i is not None:
+            raise BatchError(
+                f"positions[{i}] = {int(positions[i])} is outside 0..{limits.max_model_len - 1}"
+            )
         if len(out_rows) != len(desc.samplers):
             raise BatchError(
                 f"{len(out_rows)} output rows but {len(desc.samplers)} samplers; give one "
                 f"sampler per output row"
             )
-        if len(out_rows):
-            bad = (out_rows < 0) | (out_rows >= t)
-            if bad.any():
-                i = _first_bad(bad)
-                raise BatchError(
-                    f"output_rows[{i}] = {int(out_rows[i])} is outside the batch's {t} tokens"
-                )
+        i = _outside(out_rows, 0, t)
+        if i is not None:
+            raise BatchError(
+                f"output_rows[{i}] = {int(out_rows[i])} is outside the batch's {t} tokens"
+            )
         for i, s in enumerate(desc.samplers):
             k = s.dist_k or limits.vocab_size
             if s.dist_k >= 0 and k > limits.max_dist_size:
