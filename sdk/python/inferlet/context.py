@@ -64,9 +64,14 @@ class Context:
         """Close a generated assistant turn: nothing to add when it ended on a stop token."""
         return self
 
-    def _record_reply(self, text: str) -> None:
+    def _record_reply(self, text: str, stop_token: int) -> None:
+        """Note a generated assistant turn so later fills continue the template exactly."""
+        kv_text = self._rendered + text + self.model.tokenizer().decode([stop_token])
         self._messages = self._messages + [("assistant", text)]
-        self._rendered = self.model.render_chat(self._messages, False)
+        full = self.model.render_chat(self._messages, False)
+        if full.startswith(kv_text):  # e.g. the newline a template puts after end-of-turn
+            self._text += full[len(kv_text):]
+        self._rendered = full
 
     def append(self, tokens: list[int] | str) -> "Context":
         """Append raw tokens (or text) to the pending input."""
@@ -95,26 +100,33 @@ class Context:
 
     # --- passes ----------------------------------------------------------------------------
 
-    async def flush(self) -> None:
-        """Prefill every pending token (one pass, no output)."""
+    async def flush(self, keep_last: bool = True) -> None:
+        """Prefill the pending tokens in one pass with no output.
+
+        The last pending token stays pending by default: the next pass (a generation step)
+        feeds it, because sampling needs that token's output row. `keep_last=False` writes
+        everything (what `save` does).
+        """
         self._check()
         tokens = self._take_buffer()
+        if keep_last and tokens:
+            self._buffer = tokens[-1:]
+            tokens = tokens[:-1]
         if tokens:
             pos = list(range(self.seq_len, self.seq_len + len(tokens)))
-            await self._run_pass(tokens, pos, [], [], [])
+            await self._run_pass(tokens, pos, [], [], [], take_pending=False)
 
     def forward(self) -> Forward:
         return Forward(self)
 
     async def _run_pass(self, tokens: list[int], positions: list[int],
                         slots: list[tuple[int, Sampler | Probe]], attn: list[list[int]],
-                        mask: list[int]) -> Output:
+                        mask: list[int], take_pending: bool = True) -> Output:
         self._check()
-        pending = self._take_buffer()
-        if pending:  # tokens buffered before this pass go first
+        pending = self._take_buffer() if take_pending else []
+        if pending:  # tokens buffered before this pass go first (slot indices count them)
             base = self.seq_len
-            positions = list(range(base, base + len(pending))) + [p for p in positions]
-            slots = [(i + len(pending), s) for i, s in slots]
+            positions = list(range(base, base + len(pending))) + list(positions)
             tokens = pending + list(tokens)
         if not tokens:
             raise PieError("a forward pass needs at least one input token")
@@ -181,7 +193,7 @@ class Context:
 
     async def save(self, name: str) -> None:
         """Save a named snapshot (pending input is flushed first)."""
-        await self.flush()
+        await self.flush(keep_last=False)
         call(_ctx.save, self._h, name)
 
     @staticmethod

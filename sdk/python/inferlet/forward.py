@@ -51,7 +51,11 @@ class Output:
 
 
 class Forward:
-    """Builder of one pass on a context; `await fwd.execute()` runs it."""
+    """Builder of one pass on a context; `await fwd.execute()` runs it.
+
+    The pass's inputs are the context's pending tokens (fills not yet written) followed by
+    the tokens added with `input`/`input_at`; sampler and probe indices count all of them.
+    """
 
     def __init__(self, ctx: "Context") -> None:
         self._ctx = ctx

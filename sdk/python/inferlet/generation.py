@@ -97,7 +97,8 @@ class Generator:
         tokens = ctx._take_buffer()
         if not tokens:
             self.done = True
-            raise PieError("nothing to generate from: the context has no pending input")
+            raise PieError("nothing to generate from: the context has no pending input; "
+                           "append at least one token (e.g. the next turn) first")
         last = len(tokens) - 1
         slots: list[tuple[int, Sampler | Probe]] = [(last, self.sampler)]
         slots += [(last, p) for p in self._probes]
@@ -129,7 +130,7 @@ class Generator:
                 on_text(ev.text)
         text = dec.text()
         if self.stopped_by is not None:
-            self.ctx._record_reply(text)
+            self.ctx._record_reply(text, self.stopped_by)
         return text
 
     async def collect_json(self) -> Any:
