@@ -20,16 +20,30 @@ class UserError(Exception):
 
 
 _USER_ERRORS: list[type[BaseException]] = [UserError, ConfigError]
+_USER_ERROR_NAMES: set[str] = set()
 
 
-def register_user_error(exc_type: type[BaseException]) -> None:
-    """Treat `exc_type` as a user error in every command (one line, exit 1)."""
-    if exc_type not in _USER_ERRORS:
+def register_user_error(exc_type: type[BaseException] | str) -> None:
+    """Treat `exc_type` as a user error in every command (one line, exit 1).
+
+    Pass the dotted name (`"pie.model.errors.ModelLoadError"`) instead of the class to avoid
+    importing a heavy module when the CLI starts: `pie --version` should not load torch.
+    """
+    if isinstance(exc_type, str):
+        _USER_ERROR_NAMES.add(exc_type)
+    elif exc_type not in _USER_ERRORS:
         _USER_ERRORS.append(exc_type)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(_USER_ERRORS)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True if `exc` is (a subclass of) a registered user error, by class or by dotted name."""
+    if isinstance(exc, tuple(_USER_ERRORS)):
+        return True
+    return any(f"{c.__module__}.{c.__qualname__}" in _USER_ERROR_NAMES for c in type(exc).__mro__)
 
 
 def debug_enabled() -> bool:

@@ -1,7 +1,9 @@
 """The `pie` command: a typer app that collects its verbs from sibling modules.
 
 Each verb lives in its own module `pie_cli/<verb>.py` exposing `register(app)`; this module
-finds the ones that exist, registers them, and wraps every command so that user errors
+finds the ones that exist and registers them. Every `pie` invocation imports every verb module,
+so verb modules keep torch, the model layer and the controller out of their module-level
+imports (import them inside the command). Every command is wrapped so that user errors
 (`UserError`, `ConfigError`, and types registered in `pie_cli.errors`) print one line and exit
 with status 1 instead of a traceback (`PIE_DEBUG=1` shows it). Entry point of the `pie`
 console script (`pie_cli.main:app`).
@@ -18,7 +20,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from pie_cli.errors import debug_enabled, print_error, user_error_types
+from pie_cli.errors import debug_enabled, is_user_error, print_error
 
 # Verb modules in help order; a module that does not exist yet is skipped.
 VERBS = ("serve", "run", "generate", "config", "model", "auth", "build", "bench", "doctor")
@@ -30,8 +32,8 @@ class PieGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except user_error_types() as e:
-            if debug_enabled():
+        except Exception as e:
+            if not is_user_error(e) or debug_enabled():
                 raise
             print_error(str(e))
             ctx.exit(1)

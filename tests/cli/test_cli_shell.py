@@ -129,3 +129,41 @@ def test_doctor_reports_config_and_model(tmp_path, monkeypatch) -> None:
     assert not checks["config"].ok and "old config schema" in checks["config"].detail
     r = runner.invoke(main.app, ["doctor"])
     assert r.exit_code == 1 and "FAIL" in r.stdout and "config" in r.stdout
+
+
+def test_user_errors_registered_by_name(monkeypatch) -> None:
+    monkeypatch.setattr("pie_cli.errors._USER_ERROR_NAMES", set())
+
+    class Base(Exception):
+        pass
+
+    class Derived(Base):
+        pass
+
+    app = typer.Typer(cls=main.PieGroup)
+
+    @app.command("x")
+    def x() -> None:
+        raise Derived("named error")
+
+    @app.command("y")
+    def y() -> None:
+        pass
+
+    assert isinstance(runner.invoke(app, ["x"]).exception, Derived)
+    register_user_error(f"{Base.__module__}.{Base.__qualname__}")
+    r = runner.invoke(app, ["x"])
+    assert r.exit_code == 1 and r.stderr == "error: named error\n"
+
+
+def test_config_and_doctor_verbs_start_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import pie_cli.errors, pie_cli.config, pie_cli.doctor, pie.config, pie.paths\n"
+        "heavy = sorted(m for m in ('torch', 'pie.model', 'pie.controller') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip() == "", f"heavy imports at CLI start: {proc.stdout}"
