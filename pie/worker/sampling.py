@@ -16,9 +16,27 @@ from pie.ipc.messages import RowResult, SamplerSpec
 from pie.worker.batch import BatchError
 
 try:
+    from pie.kernels.sampling import registered_stages as _registered_stages
     from pie.kernels.sampling import sample_rows as _sample_rows
 except ImportError:  # the pipeline module is not part of this build
-    _sample_rows = None
+    _sample_rows = _registered_stages = None
+
+
+def check_extra(samplers: list[SamplerSpec]) -> None:
+    """Refuse extension-stage parameters that no registered stage reads (a misspelt stage)."""
+    if not any(s.extra for s in samplers):
+        return
+    known = set()
+    if _registered_stages is not None:
+        known = {p for st in _registered_stages() for p in st.params}
+        known -= set(SamplerSpec.__struct_fields__)
+    for i, s in enumerate(samplers):
+        for key in s.extra:
+            if key not in known:
+                raise BatchError(
+                    f"sampler {i} sets {key!r}, which no registered sampling stage reads "
+                    f"(extension parameters: {', '.join(sorted(known)) or 'none'})"
+                )
 
 
 def sample(
@@ -29,6 +47,7 @@ def sample(
     Returns int32 tokens [O] (-1 where a sampler asked for no token) and the per-row results
     when any sampler asked for a probe (else None).
     """
+    check_extra(samplers)
     mask = None if allowed is None else torch.from_numpy(allowed).to(logits.device)
     if _sample_rows is not None:
         try:

@@ -232,3 +232,32 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_probes_go_through_the_sampling_pipeline_and_unknown_stages_are_refused():
+    from pie.worker import sampling
+
+    if sampling._sample_rows is None:
+        pytest.skip("the sampling pipeline (pie.kernels.sampling.sample_rows) is not in this build")
+
+    async def main():
+        async with await WorkerClient.start(spec(max_dist_size=8)) as c:
+            probe = SamplerSpec(dist_k=4, entropy=True, logprob_ids=to_bytes([1, 2], "int32"))
+            reqs = [Req([3, 4], 0, [0], sampler=probe), Req([5], 0, [1])]
+            r = await c.submit(batch(1, reqs))
+            assert r.error == ""
+            assert len(r.rows) == 2
+            row = r.rows[0]
+            assert len(as_array(row.dist_ids, "int32")) == 4
+            probs = as_array(row.dist_probs, "float32")
+            assert np.all(np.diff(probs) <= 0) and 0 < probs.sum() <= 1.0001
+            assert row.entropy > 0
+            assert len(as_array(row.logprobs, "float32")) == 2
+            assert r.rows[0].token == as_array(r.tokens, "int32")[0]
+            again = await c.submit(batch(2, reqs))
+            assert again.rows[0] == r.rows[0]  # the dummy's logits are deterministic
+            bad = await c.submit(batch(3, [Req([3], 0, [0], sampler=SamplerSpec(extra={"no_such": 1.0}))]))
+            assert "sampler 0 sets 'no_such', which no registered sampling stage reads" in bad.error
+            assert (await c.submit(batch(4, reqs))).error == ""
+
+    run(main())

@@ -196,3 +196,21 @@ def test_bad_batch_on_the_real_model_leaves_it_serving(loop, workers):
         assert good.error == "" and len(good.tokens) == 4
 
     loop.run_until_complete(main())
+
+
+def test_seeded_sampling_and_probes_on_the_real_model(loop, workers):
+    from pie.worker import sampling
+
+    if sampling._sample_rows is None:
+        pytest.skip("the sampling pipeline (pie.kernels.sampling.sample_rows) is not in this build")
+    tp1 = workers[0]
+
+    async def main():
+        s = SamplerSpec(temperature=0.8, top_p=0.9, seed=7, dist_k=5)
+        one = await tp1.submit(batch(300, [Req(PROMPT_A, 0, [1, 2], sampler=s)]))
+        two = await tp1.submit(batch(301, [Req(PROMPT_A, 0, [3, 4], sampler=s)]))
+        assert one.error == "" and one.tokens == two.tokens
+        ids = as_array(one.rows[0].dist_ids, "int32")
+        assert len(ids) == 5 and len(set(ids.tolist())) == 5
+
+    loop.run_until_complete(main())

@@ -81,7 +81,7 @@ class DummyDriver(Driver):
         probes = [
             i
             for i, s in enumerate(batch.samplers)
-            if s.dist_k >= 0 or s.raw_logits or s.logprob_ids or s.entropy
+            if s.dist_k >= 0 or s.raw_logits or s.logprob_ids or s.entropy or s.extra
         ]
         if not probes:
             return tokens, None
