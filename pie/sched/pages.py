@@ -42,6 +42,11 @@ class PagePool:
     def published_pages(self) -> int:
         return len(self._hash_of)
 
+    @property
+    def shared_pages(self) -> int:
+        """Pages held by more than one owner (shared committed prefixes)."""
+        return int(np.count_nonzero(self._refcount > 1))
+
     def refcount(self, page: int) -> int:
         return int(self._refcount[page])
 

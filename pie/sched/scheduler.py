@@ -248,7 +248,8 @@ class Scheduler:
         while ctx.inflight:
             p = self._last_pass.get(ctx.id)
             if p is None or p.future.done():
-                await asyncio.sleep(0)
+                # its caller went away while the pass runs; the batch will end soon
+                await asyncio.sleep(0.001)
                 continue
             await asyncio.wait([p.future])
 
@@ -298,7 +299,14 @@ class Scheduler:
         self._queue.append(p)
         self._last_pass[ctx.id] = p
         self._arrival.set()
-        return await p.future
+        try:
+            return await p.future
+        except asyncio.CancelledError:
+            # the caller went away: a pass not yet sent is withdrawn at once
+            if p.sent == 0 and p in self._queue:
+                self._queue.remove(p)
+                self._finish_failed(p, EngineError("the forward pass was cancelled"))
+            raise
 
     def _validate(self, pid: str, ctx: Context, req: ForwardRequest) -> PendingForward:
         n = len(req.tokens)
@@ -529,7 +537,8 @@ class Scheduler:
             pages_total=pool.total_pages,
             pages_used=pool.used_pages,
             pages_free=pool.free_pages,
-            pages_committed_shared=pool.published_pages,
+            pages_committed=pool.published_pages,
+            pages_shared=pool.shared_pages,
             utilization=pool.used_pages / pool.total_pages,
             contexts=len(self.kv.contexts),
             snapshots=len(self.kv.snapshots),
