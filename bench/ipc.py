@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pie.ipc.channel import Channel, as_array, to_bytes  # noqa: E402
-from pie.ipc.messages import BatchDescriptor, Request, SamplerSpec  # noqa: E402
-from pie.ipc.ring import Ring, RingClosed  # noqa: E402
+from pie.ipc.channel import Channel, as_array, to_bytes
+from pie.ipc.messages import BatchDescriptor, Request, SamplerSpec
+from pie.ipc.ring import Ring, RingClosed
 
 PAGE = 16
 
@@ -162,8 +162,9 @@ def bench_worker(iters: int, skip_model: bool) -> list[tuple]:
         async with await WorkerClient.start(spec) as c:
             samples = []
             for i in range(iters + 5):
-                d = BatchDescriptor(**{**{f: getattr(desc, f) for f in desc.__struct_fields__},
-                                       "batch_id": i})
+                d = BatchDescriptor(
+                    **{**{f: getattr(desc, f) for f in desc.__struct_fields__}, "batch_id": i}
+                )
                 t = time.perf_counter()
                 r = await c.submit(d)
                 assert r.error == "", r.error
@@ -186,16 +187,24 @@ def bench_worker(iters: int, skip_model: bool) -> list[tuple]:
     torch.set_num_threads(1)
     model = load_model(DEFAULT_MODEL, device="cpu", dtype=torch.float32).model
     kv = model.allocate_kv(256, PAGE)
-    a = {f: np.frombuffer(getattr(desc, f), dtype="<i4") for f in desc.__struct_fields__
-         if isinstance(getattr(desc, f), bytes) and getattr(desc, f)}
+    a = {
+        f: np.frombuffer(getattr(desc, f), dtype="<i4")
+        for f in desc.__struct_fields__
+        if isinstance(getattr(desc, f), bytes) and getattr(desc, f)
+    }
     direct = []
     for i in range(iters + 5):
         t = time.perf_counter()
-        plan = AttentionPlan.build(a["qo_indptr"], a["kv_page_indices"], a["kv_page_indptr"],
-                                   a["kv_last_page_len"], PAGE)
-        logits = model.forward_batch(torch.from_numpy(a["token_ids"].astype(np.int64)),
-                                     torch.from_numpy(a["positions"].astype(np.int64)), plan, kv,
-                                     torch.from_numpy(a["output_rows"].astype(np.int64)))
+        plan = AttentionPlan.build(
+            a["qo_indptr"], a["kv_page_indices"], a["kv_page_indptr"], a["kv_last_page_len"], PAGE
+        )
+        logits = model.forward_batch(
+            torch.from_numpy(a["token_ids"].astype(np.int64)),
+            torch.from_numpy(a["positions"].astype(np.int64)),
+            plan,
+            kv,
+            torch.from_numpy(a["output_rows"].astype(np.int64)),
+        )
         torch.argmax(logits, dim=-1).numpy()
         if i >= 5:
             direct.append(time.perf_counter() - t)
@@ -221,18 +230,26 @@ def main() -> None:
         "prefill descriptor (4096 tok)": codec.encode(large),
         "logits row (49152 x f32)": np.random.rand(49152).astype(np.float32).tobytes(),
     }
-    print(f"# bench/ipc.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
-          f"cpus={os.cpu_count()}  spin_us={args.spin_us}")
+    print(
+        f"# bench/ipc.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
+        f"cpus={os.cpu_count()}  spin_us={args.spin_us}"
+    )
     print()
-    print("| message | bytes | ring p50 us | ring p99 us | mp.Queue p50 us | mp.Queue p99 us "
-          "| Queue/ring p50 |")
+    print(
+        "| message | bytes | ring p50 us | ring p99 us | mp.Queue p50 us | mp.Queue p99 us "
+        "| Queue/ring p50 |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, n, rp50, rp99, qp50, qp99, ratio in bench_transports(payloads, iters, args.spin_us):
-        print(f"| {name} | {n} | {rp50:.1f} | {rp99:.1f} | {qp50:.1f} | {qp99:.1f} | {ratio:.1f}x |")
+        print(
+            f"| {name} | {n} | {rp50:.1f} | {rp99:.1f} | {qp50:.1f} | {qp99:.1f} | {ratio:.1f}x |"
+        )
     for label, d in (("decode", small), ("prefill", large)):
         p50, p99 = bench_codec(d, 200 if args.quick else 1000)
-        print(f"| {label} descriptor: encode + ring + decode, one process | "
-              f"{len(codec.encode(d))} | {p50:.1f} | {p99:.1f} | | | |")
+        print(
+            f"| {label} descriptor: encode + ring + decode, one process | "
+            f"{len(codec.encode(d))} | {p50:.1f} | {p99:.1f} | | | |"
+        )
     print()
     print("| worker path (decode batch, 8 requests) | p50 us | worker / direct |")
     print("| --- | ---: | ---: |")

@@ -73,7 +73,9 @@ class Channel(Generic[T]):
         with self.ring.read(timeout, alive) as view:
             return self.codec.decode(view)
 
-    def recv_raw(self, timeout: float | None = None, alive: Callable[[], bool] | None = None) -> bytes:
+    def recv_raw(
+        self, timeout: float | None = None, alive: Callable[[], bool] | None = None
+    ) -> bytes:
         """The next message's bytes, undecoded (for forwarding to tensor-parallel followers)."""
         return self.ring.read_bytes(timeout, alive)
 
@@ -99,4 +101,12 @@ def response_channel(ring: Ring) -> Channel[Response]:
     return Channel(ring, Response)
 
 
-__all__ = ["Channel", "Codec", "MessageTooLarge", "as_array", "request_channel", "response_channel", "to_bytes"]
+__all__ = [
+    "Channel",
+    "Codec",
+    "MessageTooLarge",
+    "as_array",
+    "request_channel",
+    "response_channel",
+    "to_bytes",
+]

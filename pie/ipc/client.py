@@ -31,13 +31,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 
 from pie.ipc.channel import Channel
 from pie.ipc.messages import BatchResult, Request, Response, Shutdown, WorkerInfo
-from pie.ipc.ring import Ring, RingClosed
+from pie.ipc.ring import Ring
 from pie.ipc.spec import WorkerSpec
 
 _POLL_FULL_S = 0.0002  # how often a submit waiting on a full ring looks again
@@ -120,7 +120,11 @@ class WorkerClient:
                 recv, send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
                     target=worker_main,
-                    args=(dataclasses.replace(base, tp_rank=rank), send, bell_send if rank == 0 else None),
+                    args=(
+                        dataclasses.replace(base, tp_rank=rank),
+                        send,
+                        bell_send if rank == 0 else None,
+                    ),
                     name=f"pie-worker-{spec.name}-{rank}",
                     daemon=True,
                 )
@@ -155,9 +159,7 @@ class WorkerClient:
         while not all(ready):
             waitables = [c for c, r in zip(self._conns, ready) if r is None]
             waitables += [p.sentinel for p in self._procs]
-            got = await loop.run_in_executor(
-                None, lambda: mp.connection.wait(waitables, timeout=1.0)
-            )
+            got = await loop.run_in_executor(None, mp.connection.wait, waitables, 1.0)
             for rank, conn in enumerate(self._conns):
                 if ready[rank] is not None or conn not in got:
                     continue
@@ -255,7 +257,7 @@ class WorkerClient:
         while resp.ring.poll():
             try:
                 result = resp.recv(timeout=0)
-            except Exception as exc:  # pragma: no cover - undecodable result
+            except Exception as exc:  # noqa: BLE001 - undecodable result
                 result = BatchResult(batch_id=-1, error=f"undecodable worker result: {exc}")
             self._deliver(result)
 
@@ -298,7 +300,7 @@ class WorkerClient:
         for fd in self._watched:
             try:
                 self._loop.remove_reader(fd)
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - best-effort cleanup
                 pass
         self._watched.clear()
 
@@ -314,7 +316,7 @@ class WorkerClient:
             try:
                 await asyncio.wait_for(self.submit(Shutdown(batch_id=_SHUTDOWN_BATCH_ID)), timeout)
                 graceful = True
-            except Exception:
+            except Exception:  # noqa: BLE001 - best-effort cleanup
                 graceful = False
             self._start_teardown(kill=not graceful, grace=timeout)
         if self._teardown_task is not None:
@@ -361,10 +363,10 @@ class WorkerClient:
         if self._dist_dir is not None:
             shutil.rmtree(self._dist_dir, ignore_errors=True)
 
-    async def __aenter__(self) -> WorkerClient:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     @property

@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing import resource_tracker, shared_memory
+from typing import Self
 
 try:  # POSIX shared memory without the resource-tracker registration SharedMemory does on attach
     import _posixshmem
@@ -208,7 +209,7 @@ class _Segment:
                 # someone (a resource tracker) already removed it; keep the tracker consistent
                 try:
                     resource_tracker.unregister(self._shm._name, "shared_memory")
-                except Exception:
+                except Exception:  # noqa: BLE001, S110 - best-effort cleanup
                     pass
         else:
             self._mmap.close()
@@ -538,7 +539,7 @@ class Ring:
         self._u8 = None
         self._seg.close()
 
-    def __enter__(self) -> Ring:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -548,7 +549,7 @@ class Ring:
         try:
             if not self._closed_locally and self._pending_release is None:
                 self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - best-effort cleanup
             pass
 
 

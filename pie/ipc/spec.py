@@ -1,7 +1,7 @@
 """What a worker process is told when it is spawned: `WorkerSpec`, and the device groups.
 
 The controller turns each `[[model]]` of the config into one `WorkerSpec` per data-parallel
-device group (`device_groups`) and hands it to `pie.ipc.client.WorkerClient.start`, which
+device group (`worker_specs`) and hands it to `pie.ipc.client.WorkerClient.start`, which
 spawns one process per tensor-parallel rank with `dataclasses.replace(spec, tp_rank=r, ...)`.
 The spec is a plain picklable dataclass so the worker never depends on the config module.
 
@@ -78,29 +78,30 @@ class WorkerSpec:
         return DEFAULT_OPTIONS.get(key, default)
 
 
-def device_groups(devices: list[str] | str, tensor_parallel_size: int = 1) -> list[tuple[str, ...]]:
-    """Split a model's devices into data-parallel groups of `tensor_parallel_size` devices.
+def worker_specs(model: Any) -> list[WorkerSpec]:
+    """One WorkerSpec per data-parallel device group of a configured model.
 
-    Consecutive devices form a group: 4 GPUs with tensor_parallel_size 2 give two groups of two;
-    tensor_parallel_size 1 gives one replica per device. A single "cpu" device with
-    tensor_parallel_size N is one group of N CPU ranks (the CPU hosts several ranks).
+    `model` is a `pie.config.ModelConfig` (read by attribute, so this module does not import
+    the config): its driver's `groups` split `device` by `tensor_parallel_size` as the config
+    reference describes (4 GPUs with tensor_parallel_size 2 are two groups of two; a lone
+    "cpu" hosts every rank itself), and its typed options fill in the driver defaults.
     """
-    if isinstance(devices, str):
-        devices = [d.strip() for d in devices.split(",") if d.strip()]
-    if tensor_parallel_size < 1:
-        raise ValueError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
-    if not devices:
-        raise ValueError("the model has no device; set [model.driver].device, e.g. [\"cpu\"]")
-    if devices == ["cpu"]:
-        return [("cpu",) * tensor_parallel_size]
-    if len(devices) % tensor_parallel_size:
+    drv = model.driver
+    typed = drv.typed_options()
+    if typed is None:
         raise ValueError(
-            f"{len(devices)} devices cannot be split into tensor-parallel groups of "
-            f"{tensor_parallel_size}; list a multiple of tensor_parallel_size devices"
+            f"model {model.name!r}: driver {drv.type!r} does not run in pie's worker processes"
         )
-    if len(set(devices)) != len(devices):
-        raise ValueError(f"device list {devices} names a device twice; list each device once")
+    options = {f: getattr(typed, f) for f in typed.__struct_fields__}
     return [
-        tuple(devices[i : i + tensor_parallel_size])
-        for i in range(0, len(devices), tensor_parallel_size)
+        WorkerSpec(
+            model=model.hf_repo,
+            driver=drv.type,
+            devices=tuple(group),
+            dtype=drv.activation_dtype,
+            options=options,
+            seed=drv.random_seed,
+            name=model.name,
+        )
+        for group in drv.groups
     ]

@@ -197,8 +197,10 @@ class ForwardBatch:
             mask_runs = _i32(desc, "mask_runs", "<u4")
             if len(mask_indptr) != t + 1:
                 raise BatchError(f"mask_indptr has {len(mask_indptr)} entries, expected {t + 1}")
-            if mask_indptr[0] != 0 or mask_indptr[-1] != len(mask_runs) or np.any(
-                np.diff(mask_indptr) < 0
+            if (
+                mask_indptr[0] != 0
+                or mask_indptr[-1] != len(mask_runs)
+                or np.any(np.diff(mask_indptr) < 0)
             ):
                 raise BatchError(f"mask_indptr must rise from 0 to the {len(mask_runs)} runs")
             tok_req = np.repeat(np.arange(r), nq)
@@ -217,7 +219,9 @@ class ForwardBatch:
             lm_indptr = _i32(desc, "logit_mask_indptr")
             lm_runs = _i32(desc, "logit_mask_runs", "<u4")
             if len(lm_indptr) != r + 1:
-                raise BatchError(f"logit_mask_indptr has {len(lm_indptr)} entries, expected {r + 1}")
+                raise BatchError(
+                    f"logit_mask_indptr has {len(lm_indptr)} entries, expected {r + 1}"
+                )
             if lm_indptr[0] != 0 or lm_indptr[-1] != len(lm_runs) or np.any(np.diff(lm_indptr) < 0):
                 raise BatchError(f"logit_mask_indptr must rise from 0 to the {len(lm_runs)} runs")
             for req in range(r):
@@ -260,7 +264,6 @@ class ForwardBatch:
                 m = masks[req] = _brle_to_bool(self.logit_mask_runs[a:b], vocab_size)
             out[o] = m
         return out
-
 
 
 def _brle_to_bool(runs: np.ndarray, length: int) -> np.ndarray:

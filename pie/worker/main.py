@@ -82,7 +82,7 @@ def worker_main(spec: WorkerSpec, conn: Any, doorbell: Any = None) -> None:
         import msgspec
 
         conn.send(("ready", msgspec.msgpack.encode(driver.info())))
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the controller, then exit 1
         # user mistakes (bad model path, bad option) are one sentence; anything else keeps
         # its traceback for the log
         plain = type(exc).__name__ in ("ModelLoadError", "ValueError", "BatchError")
@@ -90,7 +90,7 @@ def worker_main(spec: WorkerSpec, conn: Any, doorbell: Any = None) -> None:
         detail = "" if plain else traceback.format_exc()
         try:
             conn.send(("error", text, detail))
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - best-effort cleanup
             pass
         sys.exit(1)
     bell = None
@@ -128,7 +128,7 @@ def _serve(requests, responses, runner, parent: int, bell: int | None) -> None:
             msg = requests.recv(alive=alive)
         except RingClosed:
             return
-        except Exception as exc:  # undecodable bytes: answer so the caller does not hang
+        except Exception as exc:  # noqa: BLE001 - undecodable bytes: answer, do not hang
             msg, result = None, BatchResult(batch_id=-1, error=f"undecodable message: {exc}")
         else:
             result = None

@@ -46,7 +46,7 @@ class Runner:
             result = self._dispatch(msg)
         except BatchError as exc:
             result = BatchResult(batch_id=msg.batch_id, error=f"batch {msg.batch_id}: {exc}")
-        except Exception as exc:  # a bug or a device failure: report it, keep serving
+        except Exception as exc:  # noqa: BLE001 - a bug or device failure: report it, keep serving
             traceback.print_exc(file=sys.stderr)
             result = BatchResult(
                 batch_id=msg.batch_id,

@@ -64,8 +64,13 @@ results = st.builds(
     batch_id=st.integers(-1, 2**40),
     tokens=i32,
     rows=st.lists(
-        st.builds(RowResult, token=st.integers(-1, 2**31 - 1), dist_ids=i32, logits=i32,
-                  entropy=st.floats(allow_nan=False)),
+        st.builds(
+            RowResult,
+            token=st.integers(-1, 2**31 - 1),
+            dist_ids=i32,
+            logits=i32,
+            entropy=st.floats(allow_nan=False),
+        ),
         max_size=4,
     ),
     error=st.text(max_size=30),

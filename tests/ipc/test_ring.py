@@ -230,4 +230,6 @@ def test_parked_reader_is_woken_by_a_write():
     r.close()
     w.close()
     assert out == [b"wake"]
-    assert elapsed < 0.09, f"a parked reader took {elapsed * 1e3:.1f} ms to wake (park slice is 100 ms)"
+    assert elapsed < 0.09, (
+        f"a parked reader took {elapsed * 1e3:.1f} ms to wake (park slice is 100 ms)"
+    )

@@ -16,8 +16,8 @@ from descriptor_factory import Req, batch, replace
 
 from pie.ipc.channel import as_array, to_bytes
 from pie.ipc.client import WorkerClient, WorkerDied, WorkerStartError
-from pie.ipc.ring import MessageTooLarge
 from pie.ipc.messages import CopyPages, Health, SamplerSpec, SwapIn, SwapOut
+from pie.ipc.ring import MessageTooLarge
 from pie.ipc.spec import WorkerSpec
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,9 @@ def run(coro):
 
 
 def decode_batch(bid: int, prompts: list[list[int]], page_base: int = 0) -> object:
-    return batch(bid, [Req(p, 0, [page_base + i * 4 + k for k in range(4)]) for i, p in enumerate(prompts)])
+    return batch(
+        bid, [Req(p, 0, [page_base + i * 4 + k for k in range(4)]) for i, p in enumerate(prompts)]
+    )
 
 
 def test_batch_256_and_tokens_do_not_depend_on_batching():
@@ -88,13 +90,20 @@ def test_malformed_batches_fail_alone_and_the_worker_keeps_serving():
     async def main():
         async with await WorkerClient.start(spec(total_pages=64)) as c:
             good = decode_batch(1, [[1, 2, 3]])
-            bad_page = replace(decode_batch(2, [[1, 2, 3]]), kv_page_indices=to_bytes([640], "int32"))
-            bad_pos = replace(decode_batch(3, [[1, 2, 3]]), positions=to_bytes([0, 1, 2, 3], "int32"))
+            bad_page = replace(
+                decode_batch(2, [[1, 2, 3]]), kv_page_indices=to_bytes([640], "int32")
+            )
+            bad_pos = replace(
+                decode_batch(3, [[1, 2, 3]]), positions=to_bytes([0, 1, 2, 3], "int32")
+            )
             bad_sampler = replace(
                 decode_batch(4, [[1, 2, 3]]), samplers=[SamplerSpec(), SamplerSpec()]
             )
             results = await asyncio.gather(
-                c.submit(good), c.submit(bad_page), c.submit(bad_pos), c.submit(bad_sampler),
+                c.submit(good),
+                c.submit(bad_page),
+                c.submit(bad_pos),
+                c.submit(bad_sampler),
                 c.submit(decode_batch(5, [[1, 2, 3]])),
             )
             ok, e_page, e_pos, e_sampler, ok2 = results
@@ -107,10 +116,14 @@ def test_malformed_batches_fail_alone_and_the_worker_keeps_serving():
                 assert r.tokens == b"" and r.rows == []
             # control ops: good ones answer, bad ones name the problem
             assert (await c.submit(Health(10))).error == ""
-            assert (await c.submit(CopyPages(11, to_bytes([1], "int32"), to_bytes([2], "int32")))).error == ""
+            assert (
+                await c.submit(CopyPages(11, to_bytes([1], "int32"), to_bytes([2], "int32")))
+            ).error == ""
             bad = await c.submit(SwapOut(12, to_bytes([1], "int32"), to_bytes([99], "int32")))
             assert "host_slots[0] = 99 is outside the host swap space of 16 pages" in bad.error
-            assert (await c.submit(SwapIn(13, to_bytes([1], "int32"), to_bytes([2], "int32")))).error == ""
+            assert (
+                await c.submit(SwapIn(13, to_bytes([1], "int32"), to_bytes([2], "int32")))
+            ).error == ""
             with pytest.raises(ValueError, match="already in flight"):
                 await asyncio.gather(c.submit(Health(20)), c.submit(Health(20)))
 
@@ -134,7 +147,10 @@ def test_back_pressure_with_more_requests_than_slots():
 def test_oversize_request_is_refused_and_the_client_keeps_working():
     async def main():
         async with await WorkerClient.start(spec(ring_slot_bytes=4096)) as c:
-            with pytest.raises(MessageTooLarge, match=r"BatchDescriptor of \d+ bytes does not fit a ring slot of 4096 bytes"):
+            with pytest.raises(
+                MessageTooLarge,
+                match=r"BatchDescriptor of \d+ bytes does not fit a ring slot of 4096 bytes",
+            ):
                 await c.submit(batch(1, [Req([1] * 2000, 0, list(range(125)))]))
             assert c.pending == 0
             assert (await c.submit(decode_batch(1, [[1, 2]]))).error == ""
@@ -149,7 +165,9 @@ def test_oversize_result_becomes_an_error_not_a_hang():
         pytest.skip("the sampling pipeline (pie.kernels.sampling.sample_rows) is not in this build")
 
     async def main():
-        async with await WorkerClient.start(spec(ring_slot_bytes=64 << 10, max_dist_size=VOCAB)) as c:
+        async with await WorkerClient.start(
+            spec(ring_slot_bytes=64 << 10, max_dist_size=VOCAB)
+        ) as c:
             reqs = [Req([i], 0, [i], sampler=SamplerSpec(raw_logits=True)) for i in range(20)]
             r = await c.submit(batch(1, reqs))  # 20 x 1000 float32 logits > 64 KiB
             assert "does not fit a ring slot of 65536 bytes" in r.error
@@ -168,7 +186,9 @@ def test_killed_worker_fails_pending_requests_fast_and_leaves_no_shm():
         os.kill(c.pids[0], signal.SIGKILL)
         start = time.perf_counter()
         for f in futs:
-            with pytest.raises(WorkerDied, match=r"exited with code -9 while 3 request\(s\) were pending"):
+            with pytest.raises(
+                WorkerDied, match=r"exited with code -9 while 3 request\(s\) were pending"
+            ):
                 await asyncio.wait_for(f, 2.0)
         assert time.perf_counter() - start < 1.0
         with pytest.raises(WorkerDied):
@@ -182,7 +202,9 @@ def test_killed_worker_fails_pending_requests_fast_and_leaves_no_shm():
 
 def test_start_errors_are_one_clear_sentence():
     async def main():
-        with pytest.raises(WorkerStartError, match=r"unknown driver 'nope'; set \[model.driver\].type"):
+        with pytest.raises(
+            WorkerStartError, match=r"unknown driver 'nope'; set \[model.driver\].type"
+        ):
             await WorkerClient.start(WorkerSpec(driver="nope", name="m"))
 
     run(main())
@@ -214,7 +236,9 @@ def test_controller_crash_leaves_no_worker_and_no_shm(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         deadline = time.time() + 10
-        while time.time() < deadline and (shm_exists(req) or shm_exists(resp) or _alive(int(worker_pid))):
+        while time.time() < deadline and (
+            shm_exists(req) or shm_exists(resp) or _alive(int(worker_pid))
+        ):
             time.sleep(0.1)
         assert not _alive(int(worker_pid)), "the worker outlived its controller"
         assert not shm_exists(req) and not shm_exists(resp), "rings leaked after a controller crash"
@@ -256,7 +280,9 @@ def test_probes_go_through_the_sampling_pipeline_and_unknown_stages_are_refused(
             assert r.rows[0].token == as_array(r.tokens, "int32")[0]
             again = await c.submit(batch(2, reqs))
             assert again.rows[0] == r.rows[0]  # the dummy's logits are deterministic
-            bad = await c.submit(batch(3, [Req([3], 0, [0], sampler=SamplerSpec(extra={"no_such": 1.0}))]))
+            bad = await c.submit(
+                batch(3, [Req([3], 0, [0], sampler=SamplerSpec(extra={"no_such": 1.0}))])
+            )
             assert "sampler 0 sets 'no_such', which no registered sampling stage reads" in bad.error
             assert (await c.submit(batch(4, reqs))).error == ""
 

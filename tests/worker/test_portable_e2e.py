@@ -94,8 +94,11 @@ def greedy_direct(model, prompt: list[int], steps: int) -> list[int]:
         pages = (n + PAGE - 1) // PAGE
         kv = model.allocate_kv(pages, PAGE)
         plan = AttentionPlan.build(
-            np.array([0, n]), np.arange(pages), np.array([0, pages]),
-            np.array([n - (pages - 1) * PAGE]), PAGE,
+            np.array([0, n]),
+            np.arange(pages),
+            np.array([0, pages]),
+            np.array([n - (pages - 1) * PAGE]),
+            PAGE,
         )
         logits = model.forward_batch(
             torch.tensor(seq), torch.arange(n), plan, kv, torch.tensor([n - 1])
@@ -123,9 +126,14 @@ async def run_schedule(
     toks_a.append(t)
     half = len(prompt_b) // 2
     # B's first chunk produces no output row (sampler None); A decodes alongside it
-    (t,) = await step(1, [Req([toks_a[-1]], len(prompt_a), pages_a), Req(prompt_b[:half], 0, pages_b, sampler=None)])
+    (t,) = await step(
+        1,
+        [Req([toks_a[-1]], len(prompt_a), pages_a), Req(prompt_b[:half], 0, pages_b, sampler=None)],
+    )
     toks_a.append(t)
-    ta, tb = await step(2, [Req([toks_a[-1]], len(prompt_a) + 1, pages_a), Req(prompt_b[half:], half, pages_b)])
+    ta, tb = await step(
+        2, [Req([toks_a[-1]], len(prompt_a) + 1, pages_a), Req(prompt_b[half:], half, pages_b)]
+    )
     toks_a.append(ta)
     toks_b.append(tb)
     bid = 3
@@ -169,7 +177,9 @@ def test_copied_pages_continue_like_the_original(loop, workers):
         n = len(PROMPT_A)
         r = await tp1.submit(batch(100, [Req(PROMPT_A, 0, [1, 2])]))
         first = as_array(r.tokens, "int32")[0]
-        ok = await tp1.submit(CopyPages(101, to_bytes([1, 2], "int32"), to_bytes([10, 11], "int32")))
+        ok = await tp1.submit(
+            CopyPages(101, to_bytes([1, 2], "int32"), to_bytes([10, 11], "int32"))
+        )
         assert ok.error == ""
         orig, fork = await asyncio.gather(
             tp1.submit(batch(102, [Req([int(first)], n, [1, 2])])),

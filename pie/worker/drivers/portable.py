@@ -19,8 +19,8 @@ import torch
 from pie.ipc.messages import RowResult
 from pie.ipc.spec import WorkerSpec
 from pie.kernels.attention import AttentionPlan
-from pie.worker.drivers.base import Driver
 from pie.worker.batch import ForwardBatch
+from pie.worker.drivers.base import Driver
 from pie.worker.sampling import sample
 
 CPU_DEFAULT_PAGES = 1024
