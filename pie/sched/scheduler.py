@@ -545,5 +545,12 @@ class Scheduler:
             processes=len(self.admission.processes),
             processes_waiting=self.admission.waiting,
             queued=len(self._queue),
+            # market observables: no rent is charged until contention handling exists
+            clearing_price=0.0,
+            dividend=0.0,
         )
         return d
+
+    def balance(self, pid: str) -> float:
+        """The process's credit balance in pages (its endowment: no rent is charged yet)."""
+        return float(self.admission.get(pid).claim)

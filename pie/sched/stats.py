@@ -41,12 +41,14 @@ class SchedulerStats:
         self.histogram = [0] * len(_BUCKET_LO)
         self.queue_wait: deque[float] = deque(maxlen=_WINDOW)  # seconds, arrival -> first sent
         self.batch_latency: deque[float] = deque(maxlen=_WINDOW)  # seconds, submit -> result
+        self.latency_ewa = 0.0  # seconds per batch, exponentially weighted (alpha 0.1)
 
     def record_batch(self, size: int, tokens: int, outputs: int, latency: float) -> None:
         self.batches += 1
         self.tokens += tokens
         self.outputs += outputs
         self.batch_latency.append(latency)
+        self.latency_ewa = latency if self.batches == 1 else 0.9 * self.latency_ewa + 0.1 * latency
         b = min(size.bit_length() - 1, len(_BUCKET_LO) - 1)
         self.histogram[max(b, 0)] += 1
 
@@ -58,6 +60,7 @@ class SchedulerStats:
             "outputs": self.outputs,
             "chunked_parts": self.chunks,
             "timeouts": self.timeouts,
+            "latency_s": self.latency_ewa,
             "failures": self.failures,
             "batch_size_histogram": dict(zip(_BUCKET_LABELS, self.histogram)),
             "queue_wait_ms": _percentiles(self.queue_wait),

@@ -401,5 +401,6 @@ def test_stats_report_histogram_and_percentiles():
             assert st["batch_size_histogram"]["1"] == 1 and st["batch_size_histogram"]["4-7"] == 1
             assert st["batch_latency_ms"]["p50"] >= 0 and st["queue_wait_ms"]["max"] >= 0
             assert st["pages_total"] == 64 and 0 < st["utilization"] < 1
+            assert st["latency_s"] > 0 and s.balance("p") == 8.0
 
     run(body())
