@@ -42,6 +42,58 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+def _worker_specs(model: ModelConfig) -> list[Any]:
+    """One `WorkerSpec` per data-parallel device group of `model`."""
+    from pie.ipc import spec as spec_module
+
+    if hasattr(spec_module, "worker_specs"):
+        return list(spec_module.worker_specs(model))
+    drv = model.driver
+    groups = spec_module.device_groups(list(drv.device), drv.tensor_parallel_size)
+    return [
+        spec_module.WorkerSpec(
+            model=model.hf_repo,
+            driver=drv.type,
+            devices=tuple(group),
+            dtype=drv.activation_dtype,
+            options=dict(drv.options),
+            seed=drv.random_seed,
+            name=model.name,
+        )
+        for group in groups
+    ]
+
+
+class _ProgressHandler(logging.Handler):
+    def __init__(self, say: Progress):
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.say(record.getMessage())
+
+
+@contextlib.contextmanager
+def _forward_logs(names: tuple[str, ...], say: Progress):
+    """Show the INFO lines of some loggers as boot progress (e.g. the runner build)."""
+    handler = _ProgressHandler(say)
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:  # shown as progress only, not logged twice
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
 class ReplicaRouter:
     """One model served by several data-parallel schedulers, as one `EngineService`.
 
@@ -160,7 +212,10 @@ class Engine:
                     self.engines[model.name] = await self._start_model(model, say)
             say("starting the inferlet runtime")
             self.processes = self._make_process_manager()
-            await self.processes.start()
+            if hasattr(self.processes, "resolve_program"):  # inferlets launching inferlets
+                self.processes.resolve_program = self.programs.get
+            with _forward_logs(("pie.processes", "pie.sandbox"), say):
+                await self.processes.start()  # may build and compile the Python runner once
             opts = ServerOptions(
                 host=self.host,
                 port=self._port,
@@ -192,33 +247,24 @@ class Engine:
 
     async def _start_model(self, model: ModelConfig, say: Progress) -> Any:
         from pie.ipc.client import WorkerClient
-        from pie.ipc.spec import WorkerSpec, device_groups
         from pie.model import load_tokenizer
         from pie.sched.api import ModelInfo
         from pie.sched.scheduler import Scheduler
 
         drv = model.driver
         try:
-            groups = device_groups(list(drv.device), drv.tensor_parallel_size)
+            specs = _worker_specs(model)
         except ValueError as e:
-            raise ValueError(f"model {model.name!r}: {e}") from None
+            msg = str(e)
+            raise ValueError(msg if model.name in msg else f"model {model.name!r}: {msg}") from None
         say(f"model {model.name}: loading the tokenizer of {model.hf_repo}")
         tokenizer_task = asyncio.create_task(asyncio.to_thread(load_tokenizer, model.hf_repo))
         replicas = []
         try:
-            for i, group in enumerate(groups):
-                where = ", ".join(group)
-                label = f"model {model.name}" + (f" replica {i}" if len(groups) > 1 else "")
+            for i, spec in enumerate(specs):
+                where = ", ".join(spec.devices)
+                label = f"model {model.name}" + (f" replica {i}" if len(specs) > 1 else "")
                 say(f"{label}: starting the {drv.type} worker on {where}")
-                spec = WorkerSpec(
-                    model=model.hf_repo,
-                    driver=drv.type,
-                    devices=tuple(group),
-                    dtype=drv.activation_dtype,
-                    options=dict(drv.options),
-                    seed=drv.random_seed,
-                    name=model.name,
-                )
                 worker = await WorkerClient.start(
                     spec, on_progress=lambda msg, label=label: say(f"{label}: {msg}")
                 )

@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import secrets
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ WS_PATHS = ("/", "/v1/ws")
 IDENTITY_HEADER = "x-pie-identity"
 MAX_ORPHAN_EVENTS = 4096  # per process, oldest dropped first
 MAX_ORPHAN_PROCESSES = 1024
+MAX_LAUNCH_RECORDS = 65536
 NOT_AUTHENTICATED = (
     "Not authenticated: send auth_identify then auth_prove (or auth_by_token) first."
 )
@@ -61,6 +63,14 @@ class ServerOptions:
     internal_token: str | None = None
     max_upload_mb: int = 256
     auth_failure_delay: tuple[float, float] = (1.0, 3.0)  # seconds, uniform
+
+
+@dataclass
+class _Launch:
+    user: str
+    program: str
+    input: str
+    started: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -94,6 +104,8 @@ class Server:
         self.attached: dict[str, Session] = {}  # pid -> the session receiving its events
         # events that reached a session as its connection dropped, kept for the next attach
         self.orphans: OrderedDict[str, tuple[str, deque]] = OrderedDict()  # pid -> (user, msgs)
+        # processes launched through this server and not yet seen to end: who may touch them
+        self.launched: OrderedDict[str, _Launch] = OrderedDict()
         self._ws_server: Any = None
         self.port: int = self.options.port
 
@@ -257,8 +269,11 @@ class Session:
                 else value.decode("utf-8", "replace")
             )
         self.send(P.ProcessEvent(process_id=pid, event=kind, value=value))
-        if kind in P.TERMINAL_EVENTS and self.server.attached.get(pid) is self:
-            del self.server.attached[pid]
+        if kind in P.TERMINAL_EVENTS:
+            # delivered (or stashed for the next attach, which then owns it): forget the launch
+            self.server.launched.pop(pid, None)
+            if self.server.attached.get(pid) is self:
+                del self.server.attached[pid]
 
     def detach_all(self) -> None:
         for pid, session in list(self.server.attached.items()):
@@ -270,14 +285,45 @@ class Session:
                     log.debug("detach %s failed", pid, exc_info=True)
 
     def _owns(self, pid: str) -> bool:
+        record = self.server.launched.get(pid)
+        if record is not None:
+            return record.user == self.user
         orphan = self.server.orphans.get(pid)
-        if orphan is not None and orphan[0] == self.user:
-            return True
+        if orphan is not None:
+            return orphan[0] == self.user
+        return any(p["id"] == pid for p in self._list())
+
+    def _list(self) -> list[dict]:
+        """This user's live processes in the wire shape: id, username, program, input, ..."""
         try:
-            return any(p.get("id") == pid for p in self.server.processes.list(user=self.user))
+            raw = self.server.processes.list(user=self.user)
         except Exception:
             log.exception("process list failed")
-            return False
+            return []
+        now = time.time()
+        out = []
+        for p in raw:
+            pid = p.get("id") or p.get("pid")
+            record = self.server.launched.get(pid)
+            started = p.get("started_at") or (record.started if record else now)
+            out.append(
+                {
+                    "id": pid,
+                    "username": p.get("username") or p.get("user") or self.user,
+                    "program": p.get("program") or (record.program if record else ""),
+                    "input": p.get("input") or (record.input if record else ""),
+                    "elapsed_secs": round(p.get("elapsed_secs") or now - started, 3),
+                    "state": p.get("state", "running"),
+                    "attached": self.server.attached.get(pid) is not None,
+                }
+            )
+        return out
+
+    def _record_launch(self, pid: str, program: Any, input_text: str) -> None:
+        launched = self.server.launched
+        launched[pid] = _Launch(self.user or "", program.ref, input_text)
+        while len(launched) > MAX_LAUNCH_RECORDS:
+            launched.popitem(last=False)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -319,8 +365,7 @@ class Session:
             case P.TransferFile():
                 self._transfer_file(msg)
             case P.ListProcesses():
-                procs = self.server.processes.list(user=self.user)
-                self.reply(msg.corr_id, True, json.dumps(procs, default=str))
+                self.reply(msg.corr_id, True, json.dumps(self._list(), default=str))
             case P.LaunchDaemon() | P.RegisterMcpServer():
                 self.reply(
                     msg.corr_id,
@@ -491,6 +536,7 @@ class Session:
         pid = await self.server.processes.launch(
             program, input_text, self.user, callback, token_limit=token_budget
         )
+        self._record_launch(pid, program, input_text)
         if capture:
             self.server.attached[pid] = self
         return pid
@@ -545,6 +591,7 @@ class Session:
                 pid = await self.server.processes.launch(
                     program, self._input_json(inp), self.user, collect, token_limit=budget
                 )
+                self._record_launch(pid, program, inp)
                 results.setdefault(pid, loop.create_future())
                 pids.append(pid)
             outputs = []

@@ -7,8 +7,8 @@ The engine listens on an ephemeral localhost port and admits only this command, 
 engine's internal token. `--path` uploads a local `.py` file, `.wasm` file or inferlet directory
 first (replacing an older upload of the same name@version); a bare name must already be in the
 program store. Arguments after the inferlet become its JSON input (`parse_inferlet_args`).
-`message` and `stdout` events go to stdout as they arrive, `stderr` to stderr; the return value
-is printed last. Exit codes: 0 on return, 1 on an inferlet error, 130 on Ctrl-C.
+`message` and `stdout` events go to stdout as they arrive (unchanged: text inferlets stream
+deltas), `stderr` to stderr; the return value is printed last, on its own line. Exit codes: 0 on return, 1 on an inferlet error, 130 on Ctrl-C.
 Registered on the root app by `pie_cli.main`.
 """
 
@@ -114,6 +114,7 @@ async def _run(
         except (PieError, ProgramError) as e:
             raise UserError(str(e)) from None
         loop = asyncio.get_running_loop()
+        line_open = False  # the streamed output so far does not end with a newline
         interrupted = asyncio.Event()
         try:
             loop.add_signal_handler(signal.SIGINT, interrupted.set)
@@ -122,13 +123,15 @@ async def _run(
         try:
 
             async def pump() -> None:
+                nonlocal line_open
                 async for event in process:
                     if event.kind in ("message", "stdout"):
+                        # streamed as is: a text inferlet sends deltas, not lines
                         text = str(event.value)
-                        sys.stdout.write(
-                            text if event.kind == "stdout" or text.endswith("\n") else text + "\n"
-                        )
+                        sys.stdout.write(text)
                         sys.stdout.flush()
+                        if text:
+                            line_open = not text.endswith("\n")
                     elif event.kind == "stderr":
                         sys.stderr.write(str(event.value))
                         sys.stderr.flush()
@@ -157,6 +160,8 @@ async def _run(
             sys.stderr.write(f"error: {process.error}\n")
             return 1
         if process.result:
+            if line_open:
+                sys.stdout.write("\n")
             sys.stdout.write(process.result + ("\n" if not process.result.endswith("\n") else ""))
         return 0
 

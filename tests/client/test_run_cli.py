@@ -85,12 +85,15 @@ def test_pie_run_streams_and_prints_the_result(tmp_path, cli):
     r = cli("run", "--path", str(src), "-q", "--", "--name", "pie", "--times", "2", "--loud")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[:3] == ["0: pie", "1: pie", "to stdout"]
-    assert json.loads(lines[3]) == {"name": "PIE", "times": 2}
+    assert lines[0] == "0: pie1: pieto stdout"  # messages and stdout stream unchanged
+    assert json.loads(lines[1]) == {"name": "PIE", "times": 2}
     # the upload stays in the store: run it again by name, with --input merged in
     r = cli("run", "greet", "-q", "--input", '{"name": "x"}', "--", "--times", "0")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.splitlines()[-1]) == {"name": "x", "times": 0}
+    src.write_text("async def main():\n    session.send('partial')\n    return 'done'\n")
+    r = cli("run", "--path", str(src), "-q")
+    assert r.stdout == "partial\ndone\n"  # the result starts on its own line
 
 
 def test_pie_run_reports_inferlet_errors(tmp_path, cli):

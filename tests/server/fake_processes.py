@@ -42,7 +42,7 @@ class _Proc:
         self.buffer: list[tuple[str, Any]] = []
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.files: asyncio.Queue = asyncio.Queue()
-        self.started = time.monotonic()
+        self.started = time.time()
         self.task: asyncio.Task | None = None
         self.finished = False
 
@@ -138,17 +138,16 @@ class FakeProcessManager:
         self.procs[pid].files.put_nowait((name, data))
 
     def list(self, user: str | None = None) -> list[dict]:
-        now = time.monotonic()
         return [
             {
-                "id": p.pid,
-                "username": p.user,
+                "pid": p.pid,
                 "program": p.program.ref,
-                "input": p.input,
-                "elapsed_secs": round(now - p.started, 3),
+                "user": p.user,
+                "state": "running",
+                "started_at": p.started,
             }
             for p in self.procs.values()
-            if (user is None or p.user == user) and not (p.finished and not p.buffer)
+            if (user is None or p.user == user) and not p.finished
         ]
 
     async def shutdown(self) -> None:

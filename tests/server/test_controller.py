@@ -224,3 +224,29 @@ def test_serve_until_signal_interrupted_while_booting(tmp_path):
     assert run(serve_until_signal(engine)) == 0
     assert time.monotonic() - t0 < 4
     assert pms[0].shut_down
+
+
+def test_runtime_start_messages_are_shown_as_progress(tmp_path):
+    import logging
+
+    class ChattyPM(FakeProcessManager):
+        async def start(self):
+            logging.getLogger("pie.processes").info("building the runner")
+            logging.getLogger("pie.processes").debug("not progress")
+
+    async def body():
+        engine = Engine(
+            default_config(cuda=False),
+            port=0,
+            engines={},
+            auth_enabled=False,
+            process_manager_factory=lambda e: ChattyPM(),
+            programs=ProgramStore(tmp_path / "p"),
+        )
+        seen = []
+        await engine.start(seen.append)
+        await engine.stop()
+        assert "building the runner" in seen and "not progress" not in seen
+        assert logging.getLogger("pie.processes").propagate
+
+    run(body())
