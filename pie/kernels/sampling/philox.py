@@ -27,17 +27,11 @@ def _umulhi32(a: int, b: torch.Tensor) -> torch.Tensor:
     return ((b * a) >> 32) & _M32
 
 
-def philox_uniform(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Uniforms in [0, 1) equal to `tl.rand(seed, offset)`.
-
-    seeds: [O] int64 with offsets [O, K] or [K] (one seed per row), or seeds and offsets of
-    the same 1-D shape (one seed per element). Offsets are taken modulo 2**32. Returns fp32.
-    """
+def _philox(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """tl.rand for int64 `seeds` and `counters` of broadcastable shapes."""
+    c0 = counters.to(torch.int64) & _M32
     seeds = seeds.to(torch.int64)
-    c0 = offsets.to(torch.int64) & _M32
-    if c0.dim() == 2 or (c0.dim() == 1 and seeds.shape != c0.shape):
-        c0 = c0.expand(seeds.shape[0], -1)
-        seeds = seeds[:, None]
+    c0, seeds = torch.broadcast_tensors(c0, seeds)
     c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
@@ -56,9 +50,28 @@ def philox_uniform(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return x * torch.tensor(4.6566127342e-10, dtype=torch.float32)
 
 
+def philox_uniform(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Uniforms in [0, 1) equal to `tl.rand(seed, offset)`, one seed per row.
+
+    seeds: [O] int64; offsets: [O, K] or [K] (taken modulo 2**32). Returns [O, K] fp32.
+    """
+    return _philox(seeds[:, None], offsets if offsets.dim() == 2 else offsets[None, :])
+
+
+def philox_uniform_pairs(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Like `philox_uniform` but elementwise: seeds [N] and offsets [N] -> [N]."""
+    return _philox(seeds, offsets)
+
+
 def gumbel_noise(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """-log(-log(u)) for the clamped Philox uniforms of (seed, offset), shaped as `philox_uniform`."""
+    """-log(-log(u)) of the clamped uniforms of `philox_uniform(seeds, offsets)`: [O, K] fp32."""
     u = philox_uniform(seeds, offsets).clamp_(U_MIN, U_MAX)
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_noise_pairs(seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Elementwise `gumbel_noise`: seeds [N] and offsets [N] -> [N]."""
+    u = philox_uniform_pairs(seeds, offsets).clamp_(U_MIN, U_MAX)
     return -torch.log(-torch.log(u))
 
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pie.kernels.sampling.philox import gumbel_noise, gumbel_noise_tl
+from pie.kernels.sampling.philox import gumbel_noise, gumbel_noise_pairs, gumbel_noise_tl
 from pie.kernels.sampling.state import NEG_INF, SamplingState
 
 SAMPLE_BLOCK = 1024
@@ -120,7 +120,7 @@ def _sample_candidates(
     # noise only for the kept candidates of the winning block (at most B per row)
     r, j = ((block == chosen[:, None]) & (values > NEG_INF)).nonzero(as_tuple=True)
     score = torch.full_like(values, NEG_INF)
-    score[r, j] = values[r, j] + gumbel_noise(seeds[r], ids[r, j])
+    score[r, j] = values[r, j] + gumbel_noise_pairs(seeds[r], ids[r, j])
     return ids.gather(1, score.argmax(-1, keepdim=True))[:, 0]
 
 

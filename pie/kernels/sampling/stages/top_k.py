@@ -80,11 +80,14 @@ class TopK(Stage):
         return {"top_k": rng.choice([0, 1, 5, 20, vocab // 2, vocab + 3], num_rows)}
 
     def apply_torch(self, state: SamplingState, p: dict[str, torch.Tensor]) -> None:
+        v = state.vocab_size
         k = p["top_k"]
-        active = k > 0
+        active = (k > 0) & (k < v)
+        if not bool(active.any()):
+            return
+        k = torch.where(active, k, torch.ones_like(k))
         if state.threshold is not None:
             state.dense()
-        v = state.vocab_size
         kmax = int(k.max())
         # one extra candidate tells whether ties at the k-th value extend past the list
         n = min(kmax + 1, v)

@@ -64,7 +64,7 @@ def _typical_p_kernel(Z, Tau, V, stride_z, BLOCK: tl.constexpr, INF_KEY: tl.cons
                 )
                 key = tl.abs(z - mean).to(tl.int32, bitcast=True)
                 mass += tl.sum(tl.where(key <= mid, tl.exp(z - m), 0.0), 0)
-            take = mass >= target
+            take = (mass >= target) & (mass > 0.0)  # tau <= 0 still keeps the least atypical
             hi = tl.where(take, mid, hi)
             lo = tl.where(take, lo, mid)
         for start in range(0, V, BLOCK):
