@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import itertools
+import threading
 from ctypes import POINTER, byref
 from typing import Any, Callable
 
@@ -313,6 +314,7 @@ def RESULT(ok: Ty | None) -> Ty:
 # --- registration -------------------------------------------------------------------------
 
 _FUNCS: dict[int, tuple] = {}
+_CALLBACKS: list = []
 _PENDING: dict[int, list] = {}
 _ids = itertools.count(1)
 
@@ -326,6 +328,54 @@ def _error_ptr(message: str):
     return ctypes.cast(WasmtimeError(message)._consume(), ctypes.c_void_p).value
 
 
+class _Current(threading.local):
+    """The guest whose host calls are being served on this thread.
+
+    A guest only runs inside `_drive` (fiber mode, one guest at a time per thread) or inside
+    its own thread (thread mode), so the driver sets this before resuming the guest and host
+    callbacks read it instead of asking wasmtime for the store's data on every call.
+    """
+
+    state: Any = None
+
+
+current = _Current()
+
+
+def _make_sync(fn: Callable, lifts: list[Callable], result: "Ty | None", is_result: bool):
+    """One C callback per import, its converters bound in the closure."""
+    n = len(lifts)
+    lower = result.lower if result is not None else None
+    lift0 = lifts[0] if n >= 1 else None
+    lift1 = lifts[1] if n >= 2 else None
+
+    def impl(idx, context, ty_raw, args, nargs, results, nresults):
+        try:
+            st = current.state
+            if st is None:
+                st = state_of(context)
+            try:
+                if n == 0:
+                    r = fn(st)
+                elif n == 1:
+                    r = fn(st, lift0(args[0]))
+                elif n == 2:
+                    r = fn(st, lift0(args[0]), lift1(args[1]))
+                else:
+                    r = fn(st, *[lift(args[i]) for i, lift in enumerate(lifts)])
+            except GuestError as e:
+                if not is_result:
+                    raise
+                r = Err(str(e))
+            if lower is not None:
+                lower(r, results)
+            return 0
+        except BaseException as e:  # noqa: BLE001 - becomes a guest trap, never a host crash
+            return _error_ptr(f"host call failed: {type(e).__name__}: {e}")
+
+    return ffi.wasmtime_component_func_callback_t(impl)
+
+
 def _call_host(fn, params, is_result, state, args):
     try:
         return fn(state, *[lift(args[i]) for i, lift in enumerate(params)])
@@ -333,18 +383,6 @@ def _call_host(fn, params, is_result, state, args):
         if is_result:
             return Err(str(e))
         raise
-
-
-@ffi.wasmtime_component_func_callback_t
-def _sync_impl(idx, context, ty_raw, args, nargs, results, nresults):
-    fn, params, result, is_result = _FUNCS[idx]
-    try:
-        r = _call_host(fn, params, is_result, state_of(context), args)
-        if result is not None:
-            result.lower(r, results)
-        return 0
-    except BaseException as e:  # noqa: BLE001 - becomes a guest trap, never a host crash
-        return _error_ptr(f"host call failed: {type(e).__name__}: {e}")
 
 
 @ffi.wasmtime_func_async_continuation_callback_t
@@ -382,7 +420,9 @@ def _async_impl(idx, context, ty_raw, args, nargs, results, nresults, error_ret,
     fn, params, result, is_result = _FUNCS[idx]
     loop = asyncio.get_running_loop()
     try:
-        st = state_of(context)
+        st = current.state
+        if st is None:
+            st = state_of(context)
         r = _call_host(fn, params, is_result, st, args)
         if isinstance(r, asyncio.Future):
             fut = r
@@ -410,12 +450,19 @@ def add_func(linker_instance: Any, name: str, fn: Callable, params: list[Ty], re
     """Register `fn(state, *args)` as import `name` with pre-bound converters."""
     idx = next(_ids)
     is_result = result is not None and result.name.startswith("result<")
-    _FUNCS[idx] = (fn, [p.lift for p in params], result, is_result)
+    lifts = [p.lift for p in params]
+    _FUNCS[idx] = (fn, lifts, result, is_result)
     b = name.encode()
-    add = (ffi.wasmtime_component_linker_instance_add_func_async if is_async
-           else ffi.wasmtime_component_linker_instance_add_func)
-    err = add(linker_instance.ptr(), ctypes.create_string_buffer(b), len(b),
-              _async_impl if is_async else _sync_impl, idx, _noop_finalize)
+    if is_async:
+        err = ffi.wasmtime_component_linker_instance_add_func_async(
+            linker_instance.ptr(), ctypes.create_string_buffer(b), len(b), _async_impl, idx,
+            _noop_finalize)
+    else:
+        cb = _make_sync(fn, lifts, result, is_result)
+        _CALLBACKS.append(cb)  # the C side holds a raw pointer: keep the thunk alive
+        err = ffi.wasmtime_component_linker_instance_add_func(
+            linker_instance.ptr(), ctypes.create_string_buffer(b), len(b), cb, idx,
+            _noop_finalize)
     if err:
         raise WasmtimeError._from_ptr(err)
 
@@ -426,7 +473,14 @@ def add_func(linker_instance: Any, name: str, fn: Callable, params: list[Ty], re
 async def _drive(call_future, state) -> None:
     """Poll a wasmtime call future; park on the host future the guest is waiting for."""
     poll = ffi.wasmtime_call_future_poll
-    while not poll(call_future):
+    while True:
+        current.state = state
+        try:
+            done = poll(call_future)
+        finally:
+            current.state = None
+        if done:
+            return
         p = state.pending
         if p is not None:
             state.pending = None

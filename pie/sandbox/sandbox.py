@@ -114,7 +114,10 @@ def python_program(payload: bytes, entry: str = "main", call: str = "input",
 class Sandbox:
     def __init__(self, runtime_cfg: Any = None, *, python_snapshot: bool = True,
                  mode: str = "fiber", tick_s: float = 0.01, yield_ticks: int = 1,
-                 wall_time_limit_s: float | None = None) -> None:
+                 wall_time_limit_s: float | None = None,
+                 generic_imports: frozenset[str] = frozenset()) -> None:
+        """`generic_imports` registers those imports through wasmtime-py's generic trampoline
+        instead of the pre-bound converters (only to measure the difference)."""
         if mode not in ("fiber", "thread"):
             raise ValueError('mode must be "fiber" or "thread"')
         self.policy = RuntimePolicy.of(runtime_cfg)
@@ -123,6 +126,7 @@ class Sandbox:
         self.tick_s = tick_s
         self.yield_ticks = yield_ticks
         self.wall_time_limit_s = wall_time_limit_s
+        self.generic_imports = generic_imports
         self.active = 0
         self._engine: Engine | None = None
         self._linker: Linker | None = None
@@ -178,7 +182,9 @@ class Sandbox:
             for iface, funcs in by_iface.items():
                 with root.add_instance(IFACE.format(iface)) as inst:
                     for name, fn, params, result, waits in funcs:
-                        if self.mode == "fiber":
+                        if name in self.generic_imports and not waits:
+                            inst.add_func(name, _generic(fn))
+                        elif self.mode == "fiber":
                             abi.add_func(inst, name, fn, params, result, is_async=waits)
                         else:
                             abi.add_func(inst, name, _hop(fn), params, result)
@@ -277,10 +283,14 @@ class Sandbox:
         return await abi.call_run_async(store, run, input)
 
     def _run_thread(self, store: Store, component: Component, input: str):
-        inst = self._linker.instantiate(store, component)
-        run = inst.get_func(store, "run")
-        res = run(store, input)
-        return res.tag == "ok", str(res.payload)
+        abi.current.state = store.data()
+        try:
+            inst = self._linker.instantiate(store, component)
+            run = inst.get_func(store, "run")
+            res = run(store, input)
+            return res.tag == "ok", str(res.payload)
+        finally:
+            abi.current.state = None
 
     def _trap_message(self, e: WasmtimeError) -> str:
         text = str(e)
@@ -292,6 +302,13 @@ class Sandbox:
             return (f"the inferlet crashed (likely out of memory; wasm_max_memory_mb = "
                     f"{self.policy.wasm_max_memory_mb}): {first}")
         return f"the inferlet trapped: {first}"
+
+
+def _generic(fn: Callable) -> Callable:
+    def call(ctx: Any, *args: Any) -> Any:
+        return fn(abi.state_of(ctx._context()), *args)
+
+    return call
 
 
 def _hop(fn: Callable) -> Callable:

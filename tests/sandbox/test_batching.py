@@ -20,7 +20,8 @@ async def main(input):
 
 async def _many(n_guests: int, steps: int, mode: str = "fiber"):
     eng = FakeEngine()
-    pm = ProcessManager({"fake": eng}, None, sandbox=Sandbox(mode=mode))
+    # long time slices: an epoch yield on a loaded machine would split a batch
+    pm = ProcessManager({"fake": eng}, None, sandbox=Sandbox(mode=mode, yield_ticks=100))
     await pm.start()
     prog = make_program(LOOP)
     pids = [await pm.launch(prog, json.dumps({"i": i, "n": steps}), "u", lambda *a: None)
@@ -64,7 +65,7 @@ async def main(input):
     eng = FakeEngine()
 
     async def go():
-        pm = ProcessManager({"fake": eng}, None, sandbox=Sandbox())
+        pm = ProcessManager({"fake": eng}, None, sandbox=Sandbox(yield_ticks=100))
         pid = await pm.launch(make_program(src), "{}", "u", lambda *a: None)
         out = await pm.wait(pid)
         await pm.shutdown()
