@@ -22,17 +22,26 @@ from pie_cli.errors import UserError, register_user_error
 def generate(
     prompt: str = typer.Argument(..., help="The user message."),
     model: str = typer.Option(
-        "HuggingFaceTB/SmolLM2-135M-Instruct", "--model", "-m", help="HF repo id, model directory or .gguf file."
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "--model",
+        "-m",
+        help="HF repo id, model directory or .gguf file.",
     ),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
+    max_tokens: int = typer.Option(
+        256, "--max-tokens", "-n", min=1, help="Most tokens to generate."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for sampling."),
     system: str | None = typer.Option(None, "--system", help="Optional system message."),
-    raw: bool = typer.Option(False, "--raw", help="Send PROMPT as plain text, without the chat template."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Send PROMPT as plain text, without the chat template."
+    ),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or speed lines on stderr."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress or speed lines on stderr."
+    ),
 ) -> None:
     """Generate a chat answer with the model layer directly (temporary: bypasses the server)."""
     import torch
@@ -50,8 +59,10 @@ def generate(
     t0 = time.perf_counter()
     note(f"loading {model} ...")
     lm = load_model(model, dtype=dtype)
-    note(f"loaded {lm.config.arch} ({lm.config.num_params / 1e6:.0f}M params) from {lm.source.path} "
-         f"in {time.perf_counter() - t0:.1f}s")
+    note(
+        f"loaded {lm.config.arch} ({lm.config.num_params / 1e6:.0f}M params) from {lm.source.path} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     tok = lm.tokenizer
     if raw or not tok.has_chat_template:
         text = prompt
@@ -81,19 +92,28 @@ def generate(
         text_now = tok.decode(out)
         if text_now.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             return
-        sys.stdout.write(text_now[len(shown):])
+        sys.stdout.write(text_now[len(shown) :])
         sys.stdout.flush()
         shown = text_now
 
     t1 = time.perf_counter()
-    new = gen.generate([ids], max_tokens, temperature=temperature, top_p=top_p,
-                       stop_token_ids=tuple(stops), seed=seed, on_token=on_token)[0]
+    new = gen.generate(
+        [ids],
+        max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop_token_ids=tuple(stops),
+        seed=seed,
+        on_token=on_token,
+    )[0]
     elapsed = time.perf_counter() - t1
     final = tok.decode(out)
-    sys.stdout.write(final[len(shown):] + "\n")
+    sys.stdout.write(final[len(shown) :] + "\n")
     sys.stdout.flush()
-    note(f"{len(new)} tokens in {elapsed:.2f}s ({len(new) / max(elapsed, 1e-9):.1f} tok/s, "
-         f"prompt {len(ids)} tokens)")
+    note(
+        f"{len(new)} tokens in {elapsed:.2f}s ({len(new) / max(elapsed, 1e-9):.1f} tok/s, "
+        f"prompt {len(ids)} tokens)"
+    )
 
 
 def register(app: typer.Typer) -> None:

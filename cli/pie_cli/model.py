@@ -13,7 +13,9 @@ import typer
 from pie.model.errors import ModelLoadError
 from pie_cli.errors import register_user_error
 
-model_app = typer.Typer(help="List, inspect, download and remove models (HuggingFace cache).", no_args_is_help=True)
+model_app = typer.Typer(
+    help="List, inspect, download and remove models (HuggingFace cache).", no_args_is_help=True
+)
 
 
 def _size(n: int) -> str:
@@ -63,7 +65,9 @@ def info_cmd(
 @model_app.command("download")
 def download_cmd(
     repo: str = typer.Argument(..., help="HuggingFace repo id, e.g. Qwen/Qwen3-0.6B."),
-    all_files: bool = typer.Option(False, "--all", help="Fetch every file, not only config, tokenizer and safetensors."),
+    all_files: bool = typer.Option(
+        False, "--all", help="Fetch every file, not only config, tokenizer and safetensors."
+    ),
 ) -> None:
     """Download a model into the HuggingFace cache and check that Pie can serve it."""
     from pie.model.hub import download_model

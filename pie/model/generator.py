@@ -36,7 +36,9 @@ class PagePool:
 
     def allocate(self, n: int) -> list[int]:
         if n > len(self.free):
-            raise RuntimeError(f"KV pool exhausted: need {n} pages, {len(self.free)} free; raise num_pages")
+            raise RuntimeError(
+                f"KV pool exhausted: need {n} pages, {len(self.free)} free; raise num_pages"
+            )
         return [self.free.pop() for _ in range(n)]
 
     def deallocate(self, pages: list[int]) -> None:
@@ -87,7 +89,12 @@ class Generator:
             last_len.append(total - (len(s.pages) - 1) * self.page_size)
         dev = self.model.device
         plan = AttentionPlan.build(
-            np.array(qo), np.array(pages), np.array(page_ptr), np.array(last_len), self.page_size, device=dev
+            np.array(qo),
+            np.array(pages),
+            np.array(page_ptr),
+            np.array(last_len),
+            self.page_size,
+            device=dev,
         )
         logits = self.model.forward_batch(
             torch.tensor(ids, device=dev),
@@ -144,7 +151,9 @@ class Generator:
         return [s.new_tokens for s in seqs]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    def _sample(
+        logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator
+    ) -> torch.Tensor:
         # logits: [B, V] float32
         if temperature <= 0:
             return logits.argmax(-1)

@@ -65,10 +65,12 @@ class GGUFCheckpoint:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelLoadError(f"{self.path} does not exist; check the path or run `pie model download`")
+            raise ModelLoadError(
+                f"{self.path} does not exist; check the path or run `pie model download`"
+            )
         try:
             self.reader = GGUFReader(str(self.path))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the library raises many types
             raise ModelLoadError(
                 f"{self.path} is not a readable GGUF file ({type(e).__name__}: {e}); re-download it"
             ) from None
@@ -111,7 +113,9 @@ class GGUFCheckpoint:
         hidden = p("embedding_length")
         heads = p("attention.head_count")
         if hidden is None or heads is None or p("block_count") is None:
-            raise ModelLoadError(f"{self.path} lacks model metadata (embedding_length/head_count); re-download it")
+            raise ModelLoadError(
+                f"{self.path} lacks model metadata (embedding_length/head_count); re-download it"
+            )
         kv_heads = p("attention.head_count_kv", heads)
         head_dim = p("attention.key_length") or p("rope.dimension_count") or hidden // heads
         tokens = self._field("tokenizer.ggml.tokens") or []
@@ -126,7 +130,10 @@ class GGUFCheckpoint:
                 "factor": float(p("rope.scaling.factor", 1.0)),
                 "original_max_position_embeddings": p("rope.scaling.original_context_length"),
             }
-        eos = [self._field("tokenizer.ggml.eos_token_id"), self._field("tokenizer.ggml.eot_token_id")]
+        eos = [
+            self._field("tokenizer.ggml.eos_token_id"),
+            self._field("tokenizer.ggml.eot_token_id"),
+        ]
         return ModelConfig(
             arch=a,
             vocab_size=int(vocab),
@@ -173,8 +180,10 @@ class GGUFCheckpoint:
         t = self._tensors[name]
         try:
             w = dequantize(t.data, t.tensor_type)
-        except Exception as e:
-            raise ModelLoadError(f"{self.path}: cannot dequantize {t.name} ({e}); re-download the file") from None
+        except Exception as e:  # noqa: BLE001 - the library raises many types
+            raise ModelLoadError(
+                f"{self.path}: cannot dequantize {t.name} ({e}); re-download the file"
+            ) from None
         shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # ggml ne is (in, out)
         w = np.asarray(w, dtype=np.float32).reshape(shape)
         if self.arch == "llama" and (".q_proj." in name or ".k_proj." in name):
@@ -190,7 +199,9 @@ class GGUFCheckpoint:
 
         for t in self.reader.tensors:
             if t.name == "rope_freqs.weight":
-                return torch.from_numpy(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).copy())
+                return torch.from_numpy(
+                    np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).copy()
+                )
         return None
 
     def size_bytes(self) -> int:
@@ -200,7 +211,15 @@ class GGUFCheckpoint:
 
     def tokenizer(self) -> Any:
         """A `pie.model.tokenizer.Tokenizer` built from the `tokenizer.ggml.*` metadata."""
-        from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
+        from tokenizers import (
+            AddedToken,
+            Regex,
+            decoders,
+            models,
+            normalizers,
+            pre_tokenizers,
+            processors,
+        )
         from tokenizers import Tokenizer as Backend
 
         from pie.model.tokenizer import Tokenizer
@@ -215,21 +234,31 @@ class GGUFCheckpoint:
         tokens: list[str] = self._field("tokenizer.ggml.tokens")
         types: list[int] = self._field("tokenizer.ggml.token_type") or [1] * len(tokens)
         merges = [tuple(m.split(" ", 1)) for m in self._field("tokenizer.ggml.merges") or []]
-        backend = Backend(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
-                                     fuse_unk=False, byte_fallback=False))
+        backend = Backend(
+            models.BPE(
+                vocab={t: i for i, t in enumerate(tokens)},
+                merges=merges,
+                fuse_unk=False,
+                byte_fallback=False,
+            )
+        )
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         if pre in _DIGIT_PRE:
-            backend.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ])
+            backend.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Digits(individual_digits=True),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+                ]
+            )
         elif pre in ("llama-bpe", "llama3", "smaug-bpe"):
-            backend.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"), byte_level])
+            backend.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"), byte_level]
+            )
         elif pre == "qwen2":
             backend.normalizer = normalizers.NFC()
-            backend.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"), byte_level])
+            backend.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"), byte_level]
+            )
         elif pre in ("default", "gpt2", "gpt-2"):
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         else:
@@ -239,21 +268,36 @@ class GGUFCheckpoint:
             )
         backend.decoder = decoders.ByteLevel()
         # token_type: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
-        backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                    for i, ty in enumerate(types) if ty in (2, 3)])
-        user = [AddedToken(tokens[i], special=False, normalized=False) for i, ty in enumerate(types) if ty == 4]
+        backend.add_special_tokens(
+            [
+                AddedToken(tokens[i], special=True, normalized=False)
+                for i, ty in enumerate(types)
+                if ty in (2, 3)
+            ]
+        )
+        user = [
+            AddedToken(tokens[i], special=False, normalized=False)
+            for i, ty in enumerate(types)
+            if ty == 4
+        ]
         if user:
             backend.add_tokens(user)
         bos = self._field("tokenizer.ggml.bos_token_id")
         if self._field("tokenizer.ggml.add_bos_token", False) and bos is not None:
             backend.post_processor = processors.TemplateProcessing(
-                single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B",
-                special_tokens=[(tokens[bos], bos)])
+                single=f"{tokens[bos]} $A",
+                pair=f"{tokens[bos]} $A {tokens[bos]} $B",
+                special_tokens=[(tokens[bos], bos)],
+            )
         else:
             backend.post_processor = processors.ByteLevel(trim_offsets=False)
         special: dict[str, str] = {}
-        for key, field in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                           ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        for key, field in (
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("unk_token", "unknown_token_id"),
+            ("pad_token", "padding_token_id"),
+        ):
             tid = self._field(f"tokenizer.ggml.{field}")
             if tid is not None and 0 <= tid < len(tokens):
                 special[key] = tokens[tid]

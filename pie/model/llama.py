@@ -128,8 +128,11 @@ class LlamaModel(nn.Module):
         rope_freq_factors: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        for what, n in (("attention heads", cfg.num_heads), ("KV heads", cfg.num_kv_heads),
-                        ("MLP intermediate size", cfg.intermediate_size)):
+        for what, n in (
+            ("attention heads", cfg.num_heads),
+            ("KV heads", cfg.num_kv_heads),
+            ("MLP intermediate size", cfg.intermediate_size),
+        ):
             if n % tp_size:
                 raise ModelLoadError(
                     f"{cfg.source or cfg.name}: {what} ({n}) do not divide evenly over "
@@ -139,12 +142,18 @@ class LlamaModel(nn.Module):
         self.tp_rank, self.tp_size, self.tp_group = tp_rank, tp_size, tp_group
         self.num_kv_heads_local = cfg.num_kv_heads // tp_size
         self.embed = _frozen(torch.empty(cfg.vocab_size, cfg.hidden_size))
-        self.layers = nn.ModuleList(DecoderLayer(cfg, tp_size, tp_group) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, tp_size, tp_group) for _ in range(cfg.num_layers)
+        )
         self.norm = _frozen(torch.empty(cfg.hidden_size))
         self.lm_head = (
-            self.embed if cfg.tie_word_embeddings else _frozen(torch.empty(cfg.vocab_size, cfg.hidden_size))
+            self.embed
+            if cfg.tie_word_embeddings
+            else _frozen(torch.empty(cfg.vocab_size, cfg.hidden_size))
         )
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, rope_freq_factors)
+        self.rotary = RotaryEmbedding(
+            cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, rope_freq_factors
+        )
 
     @property
     def device(self) -> torch.device:
@@ -227,20 +236,27 @@ class LlamaModel(nn.Module):
             p = f"model.layers.{i}."
             a = p + "self_attn."
             put(layer.input_norm, load(p + "input_layernorm.weight"), p + "input_layernorm.weight")
-            put(layer.post_norm, load(p + "post_attention_layernorm.weight"),
-                p + "post_attention_layernorm.weight")
-            qkv = torch.cat([
-                rows(load(a + "q_proj.weight"), cfg.num_heads),
-                rows(load(a + "k_proj.weight"), cfg.num_kv_heads),
-                rows(load(a + "v_proj.weight"), cfg.num_kv_heads),
-            ])
+            put(
+                layer.post_norm,
+                load(p + "post_attention_layernorm.weight"),
+                p + "post_attention_layernorm.weight",
+            )
+            qkv = torch.cat(
+                [
+                    rows(load(a + "q_proj.weight"), cfg.num_heads),
+                    rows(load(a + "k_proj.weight"), cfg.num_kv_heads),
+                    rows(load(a + "v_proj.weight"), cfg.num_kv_heads),
+                ]
+            )
             put(layer.qkv_weight, qkv, a + "qkv_proj.weight")
             if layer.qkv_bias is not None:
-                bias = torch.cat([
-                    rows(load(a + "q_proj.bias"), cfg.num_heads),
-                    rows(load(a + "k_proj.bias"), cfg.num_kv_heads),
-                    rows(load(a + "v_proj.bias"), cfg.num_kv_heads),
-                ])
+                bias = torch.cat(
+                    [
+                        rows(load(a + "q_proj.bias"), cfg.num_heads),
+                        rows(load(a + "k_proj.bias"), cfg.num_kv_heads),
+                        rows(load(a + "v_proj.bias"), cfg.num_kv_heads),
+                    ]
+                )
                 put(layer.qkv_bias, bias, a + "qkv_proj.bias")
             put(layer.o_weight, cols(load(a + "o_proj.weight")), a + "o_proj.weight")
             if layer.o_bias is not None:
@@ -249,10 +265,14 @@ class LlamaModel(nn.Module):
                 put(layer.q_norm, load(a + "q_norm.weight"), a + "q_norm.weight")
                 put(layer.k_norm, load(a + "k_norm.weight"), a + "k_norm.weight")
             m = p + "mlp."
-            gate_up = torch.cat([rows(load(m + "gate_proj.weight"), 0), rows(load(m + "up_proj.weight"), 0)])
+            gate_up = torch.cat(
+                [rows(load(m + "gate_proj.weight"), 0), rows(load(m + "up_proj.weight"), 0)]
+            )
             put(layer.gate_up_weight, gate_up, m + "gate_up_proj.weight")
             if layer.gate_up_bias is not None:
-                bias = torch.cat([rows(load(m + "gate_proj.bias"), 0), rows(load(m + "up_proj.bias"), 0)])
+                bias = torch.cat(
+                    [rows(load(m + "gate_proj.bias"), 0), rows(load(m + "up_proj.bias"), 0)]
+                )
                 put(layer.gate_up_bias, bias, m + "gate_up_proj.bias")
             put(layer.down_weight, cols(load(m + "down_proj.weight")), m + "down_proj.weight")
             if layer.down_bias is not None:

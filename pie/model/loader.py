@@ -66,7 +66,11 @@ def open_checkpoint(spec: str) -> tuple[ResolvedModel, Snapshot | GGUFCheckpoint
 def load_tokenizer(spec: str) -> Tokenizer:
     """The tokenizer alone (no weights), for callers that only need text <-> ids."""
     _, ckpt = open_checkpoint(spec)
-    return ckpt.tokenizer() if isinstance(ckpt, GGUFCheckpoint) else Tokenizer.from_dir(ckpt.dir, ckpt.config)
+    return (
+        ckpt.tokenizer()
+        if isinstance(ckpt, GGUFCheckpoint)
+        else Tokenizer.from_dir(ckpt.dir, ckpt.config)
+    )
 
 
 def load_model(

@@ -60,7 +60,7 @@ def cached_snapshot(repo_id: str) -> Path | None:
 
     try:
         path = snapshot_download(repo_id, local_files_only=True, cache_dir=str(hf_cache_dir()))
-    except Exception:  # not cached, or not a valid repo id
+    except Exception:  # noqa: BLE001 - not cached, or not a valid repo id
         return None
     p = Path(path)
     return p if p.is_dir() else None
@@ -75,7 +75,9 @@ def resolve_model(spec: str) -> ResolvedModel:
     """Find the files for a model spec; see the module docstring for the order."""
     spec = spec.strip()
     if not spec:
-        raise ModelLoadError("no model given; set hf_repo to a HuggingFace repo id, a directory or a .gguf file")
+        raise ModelLoadError(
+            "no model given; set hf_repo to a HuggingFace repo id, a directory or a .gguf file"
+        )
     path = Path(os.path.expanduser(spec))
     if path.suffix.lower() == ".gguf":
         if path.is_file():

@@ -61,7 +61,9 @@ def _inv_freq(
         lo, hi = max(lo, 0), min(hi, head_dim - 1)
         if lo == hi:
             hi += 0.001  # avoid a zero-width ramp
-        ramp = torch.clamp((torch.arange(head_dim // 2, dtype=torch.float32) - lo) / (hi - lo), 0, 1)
+        ramp = torch.clamp(
+            (torch.arange(head_dim // 2, dtype=torch.float32) - lo) / (hi - lo), 0, 1
+        )
         pos_freqs = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
         extrap = 1.0 / pos_freqs
         interp = 1.0 / (factor * pos_freqs)
@@ -87,7 +89,9 @@ class RotaryEmbedding(torch.nn.Module):
             inv = inv / freq_factors.float()
         self.register_buffer("inv_freq", inv, persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [T] long -> angles [T, D/2] in float32, as transformers does
         freqs = positions[:, None].float() * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)

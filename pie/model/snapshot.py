@@ -22,7 +22,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is unreadable or not valid JSON ({e}); re-download the model") from None
+        raise ModelLoadError(
+            f"{path} is unreadable or not valid JSON ({e}); re-download the model"
+        ) from None
 
 
 class Snapshot:
@@ -60,9 +62,11 @@ class Snapshot:
             return dict(weight_map)
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
-            hint = " (only PyTorch .bin weights found; convert them to safetensors)" if any(
-                self.dir.glob("*.bin")
-            ) else ""
+            hint = (
+                " (only PyTorch .bin weights found; convert them to safetensors)"
+                if any(self.dir.glob("*.bin"))
+                else ""
+            )
             raise ModelLoadError(
                 f"{self.dir} has no *.safetensors weights{hint}; run `pie model download <repo>` "
                 "or point at a complete model directory"
@@ -71,10 +75,12 @@ class Snapshot:
         for f in files:
             try:
                 with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():
+                    for k in h.keys():  # noqa: SIM118 - safe_open handles are not mappings
                         weight_map[k] = f.name
-            except Exception as e:
-                raise ModelLoadError(f"{f} is not a valid safetensors file ({e}); re-download it") from None
+            except Exception as e:  # noqa: BLE001 - the library raises many types
+                raise ModelLoadError(
+                    f"{f} is not a valid safetensors file ({e}); re-download it"
+                ) from None
         return weight_map
 
     def has(self, name: str) -> bool:
@@ -90,8 +96,10 @@ class Snapshot:
             if h is None:
                 h = self._handles[fname] = safe_open(str(path), framework="pt")
             return h.get_tensor(name)
-        except Exception as e:
-            raise ModelLoadError(f"{path}: cannot read tensor {name!r} ({e}); re-download the model") from None
+        except Exception as e:  # noqa: BLE001 - the library raises many types
+            raise ModelLoadError(
+                f"{path}: cannot read tensor {name!r} ({e}); re-download the model"
+            ) from None
 
     def close(self) -> None:
         self._handles.clear()

@@ -31,13 +31,23 @@ END_OF_TURN_TOKENS = (
     "<end_of_turn>",
     "</s>",
 )
-_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_SPECIAL_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
     )
     cs = bs[:]
     n = 0
@@ -74,7 +84,9 @@ class Tokenizer:
         self.backend = backend
         self.source = source
         self.special_tokens_map = dict(special_tokens_map or {})
-        self.chat_template = ChatTemplate(chat_template, self.special_tokens_map) if chat_template else None
+        self.chat_template = (
+            ChatTemplate(chat_template, self.special_tokens_map) if chat_template else None
+        )
         self.bos_token_id = bos_token_id
         if self.bos_token_id is None and "bos_token" in self.special_tokens_map:
             self.bos_token_id = backend.token_to_id(self.special_tokens_map["bos_token"])
@@ -84,8 +96,12 @@ class Tokenizer:
             if tid is not None:
                 eos.append(tid)
         self.eos_token_ids = tuple(dict.fromkeys(eos))
-        specials = {tok.content: i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
-        stops = list(self.eos_token_ids) + [specials[t] for t in END_OF_TURN_TOKENS if t in specials]
+        specials = {
+            tok.content: i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
+        }
+        stops = list(self.eos_token_ids) + [
+            specials[t] for t in END_OF_TURN_TOKENS if t in specials
+        ]
         self.stop_token_ids = tuple(dict.fromkeys(stops))
 
     # --- construction -------------------------------------------------------------------------
@@ -98,14 +114,30 @@ class Tokenizer:
         d = Path(directory)
         path = d / "tokenizer.json"
         if not path.is_file():
-            extra = " (a SentencePiece tokenizer.model alone is not supported)" if (d / "tokenizer.model").is_file() else ""
-            raise ModelLoadError(f"{d} has no tokenizer.json{extra}; re-download the model with its tokenizer")
+            extra = (
+                " (a SentencePiece tokenizer.model alone is not supported)"
+                if (d / "tokenizer.model").is_file()
+                else ""
+            )
+            raise ModelLoadError(
+                f"{d} has no tokenizer.json{extra}; re-download the model with its tokenizer"
+            )
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
-        except Exception as e:
-            raise ModelLoadError(f"{path} is not a valid tokenizer file ({e}); re-download it") from None
-        tcfg = read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
-        smap = read_json(d / "special_tokens_map.json") if (d / "special_tokens_map.json").is_file() else {}
+        except Exception as e:  # noqa: BLE001 - the library raises many types
+            raise ModelLoadError(
+                f"{path} is not a valid tokenizer file ({e}); re-download it"
+            ) from None
+        tcfg = (
+            read_json(d / "tokenizer_config.json")
+            if (d / "tokenizer_config.json").is_file()
+            else {}
+        )
+        smap = (
+            read_json(d / "special_tokens_map.json")
+            if (d / "special_tokens_map.json").is_file()
+            else {}
+        )
         special: dict[str, str] = {}
         for key in _SPECIAL_KEYS:
             content = _token_content(tcfg.get(key)) or _token_content(smap.get(key))
@@ -138,7 +170,9 @@ class Tokenizer:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        return [
+            e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        ]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -152,7 +186,9 @@ class Tokenizer:
         return self._vocab
 
     def special_tokens(self) -> tuple[list[int], list[bytes]]:
-        added = sorted((i, t.content) for i, t in self.backend.get_added_tokens_decoder().items() if t.special)
+        added = sorted(
+            (i, t.content) for i, t in self.backend.get_added_tokens_decoder().items() if t.special
+        )
         return [i for i, _ in added], [c.encode("utf-8") for _, c in added]
 
     @property
@@ -167,7 +203,9 @@ class Tokenizer:
             raise ValueError(
                 f"the model at {self.source or 'this path'} has no chat template; send raw text instead"
             )
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self.chat_template.render(
+            messages, add_generation_prompt=add_generation_prompt, **kwargs
+        )
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -196,5 +234,7 @@ class Tokenizer:
 
     def _is_byte_level(self) -> bool:
         decoder = json.loads(self.backend.to_str()).get("decoder") or {}
-        parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+        parts = (
+            decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+        )
         return any(p.get("type") == "ByteLevel" for p in parts)

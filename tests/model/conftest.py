@@ -5,14 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `fixtures` importable
 
-from fixtures.checkpoints import ARCHS, build_checkpoint  # noqa: E402
-
-from pie.kernels.attention import AttentionPlan  # noqa: E402
+from fixtures.checkpoints import ARCHS, build_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +28,12 @@ def default_gguf() -> Path:
     return path
 
 
-def build_plan(
-    n_new: list[int], kv_len: list[int], tables: list[list[int]], page_size: int
-) -> AttentionPlan:
-    """Plan for requests that each append n_new[r] tokens ending at kv_len[r], over page tables."""
-    qo = np.cumsum([0] + n_new)
-    indptr = np.cumsum([0] + [len(t) for t in tables])
-    last = [L - (len(t) - 1) * page_size for L, t in zip(kv_len, tables)]
-    flat = np.array([p for t in tables for p in t], dtype=np.int64)
-    return AttentionPlan.build(qo, flat, indptr, np.array(last), page_size)
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning threads collapse under load."""
+    import torch
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,8 +11,8 @@ import random
 
 import pytest
 import torch
-from conftest import build_plan
 from fixtures.checkpoints import ARCHS
+from fixtures.model_helpers import build_plan
 
 from pie.model import load_model
 from pie.model.generator import Generator
@@ -75,7 +75,7 @@ def test_greedy_batch_matches_transformers(arch, tiny_checkpoints):
         ids = list(prompt)
         for _ in range(16):
             ids.append(int(_hf_logits(hf, ids)[-1].argmax()))
-        assert got == ids[len(prompt):], f"{arch}: greedy continuation differs"
+        assert got == ids[len(prompt) :], f"{arch}: greedy continuation differs"
     assert len(gen.pool.free) == 64  # every page returned
 
 
@@ -100,7 +100,9 @@ def test_bfloat16_close_to_float32(tiny_checkpoints):
     assert kv.dtype == torch.bfloat16
     ids = torch.tensor([4, 8, 15, 16, 23, 42, 99])
     plan = build_plan([7], [7], [[1, 3]], PAGE)
-    a = ref.model.forward_batch(ids, torch.arange(7), plan, ref.model.allocate_kv(8, PAGE), torch.arange(7))
+    a = ref.model.forward_batch(
+        ids, torch.arange(7), plan, ref.model.allocate_kv(8, PAGE), torch.arange(7)
+    )
     b = lm.model.forward_batch(ids, torch.arange(7), plan, kv, torch.arange(7))
     assert b.dtype == torch.float32
     scale = a.abs().max().item()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_plan
+from fixtures.model_helpers import build_plan
 
 from pie.model import DEFAULT_MODEL, load_model
 from pie.model.generator import Generator, PagePool
@@ -31,8 +31,12 @@ def models(default_gguf):
 def _prompts(tok) -> list[list[int]]:
     texts = [
         tok.render_chat([{"role": "user", "content": "What is the capital of France?"}]),
-        tok.render_chat([{"role": "system", "content": "You are terse."},
-                         {"role": "user", "content": "Write a short poem about the sea."}]),
+        tok.render_chat(
+            [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Write a short poem about the sea."},
+            ]
+        ),
         "The history of the Roman Empire begins with",
     ]
     return [tok.encode(t) for t in texts]
@@ -40,7 +44,9 @@ def _prompts(tok) -> list[list[int]]:
 
 def test_default_model_logits_match_transformers(models):
     lm, hf = models
-    assert lm.config.arch == "llama" and lm.config.num_layers == 30 and lm.config.tie_word_embeddings
+    assert (
+        lm.config.arch == "llama" and lm.config.num_layers == 30 and lm.config.tie_word_embeddings
+    )
     seqs = _prompts(lm.tokenizer)
     # one ragged prefill of all three prompts over scrambled pages, logits at every row
     pool = PagePool(64, shuffle_seed=5)
@@ -64,7 +70,15 @@ def test_default_model_greedy_matches_transformers(models):
     for prompt, got in zip(prompts, ours):
         x = torch.tensor([prompt])
         with torch.no_grad():
-            ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=N_NEW, do_sample=False,
-                              eos_token_id=None, pad_token_id=2)[0, len(prompt):].tolist()
-        assert got == ref, f"greedy differs:\n ours {lm.tokenizer.decode(got)!r}\n hf   {lm.tokenizer.decode(ref)!r}"
+            ref = hf.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=N_NEW,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=2,
+            )[0, len(prompt) :].tolist()
+        assert got == ref, (
+            f"greedy differs:\n ours {lm.tokenizer.decode(got)!r}\n hf   {lm.tokenizer.decode(ref)!r}"
+        )
     assert "Paris" in lm.tokenizer.decode(ours[0])

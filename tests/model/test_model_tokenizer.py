@@ -22,7 +22,7 @@ CORPUS = [
     "I'm sure they'll've done it; we're 'quoted' DON'T \"double\"",
     "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>",
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa          !!!!!!!!",
-    "https://example.com/path?query=1&x=%20 <html><body>tag</body></html> {\"json\": [1, 2]}",
+    'https://example.com/path?query=1&x=%20 <html><body>tag</body></html> {"json": [1, 2]}',
     "mixed 中文English123数字 and  double  spaces   triple",
     "\u00a0non-breaking\u2009thin\u200bzero-width",
 ]
@@ -94,9 +94,13 @@ def test_dir_tokenizer_matches_transformers(arch, tiny_checkpoints):
     ref = AutoTokenizer.from_pretrained(str(path))
     for text in CORPUS:
         for special in (False, True):
-            assert ours.encode(text, add_special_tokens=special) == ref.encode(text, add_special_tokens=special)
+            assert ours.encode(text, add_special_tokens=special) == ref.encode(
+                text, add_special_tokens=special
+            )
     for conv in CONVERSATIONS:
-        assert ours.render_chat(conv) == ref.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        assert ours.render_chat(conv) == ref.apply_chat_template(
+            conv, tokenize=False, add_generation_prompt=True
+        )
     assert ours.stop_token_ids[0] == 2
 
 
@@ -121,7 +125,11 @@ def test_chat_template_environment_matches_transformers():
     for conv in CONVERSATIONS:
         for gen in (True, False):
             rendered, _ = render_jinja_template(
-                [conv], tools=tools, chat_template=TRICKY_TEMPLATE, add_generation_prompt=gen, **special
+                [conv],
+                tools=tools,
+                chat_template=TRICKY_TEMPLATE,
+                add_generation_prompt=gen,
+                **special,
             )
             assert ours.render(conv, add_generation_prompt=gen, tools=tools) == rendered[0]
     import jinja2
