@@ -317,18 +317,26 @@ class Scheduler:
                 f"a forward pass needs one position per token: {n} tokens, "
                 f"{len(req.positions)} positions"
             )
-        lo, hi = _bounds(req.tokens)
+        if n == 1:  # decode: the common case, checked without building anything
+            lo = hi = req.tokens[0]
+            plo = phi = req.positions[0]
+        else:
+            lo, hi = _bounds(req.tokens)
+            plo, phi = _bounds(req.positions)
         if lo < 0 or hi >= self.vocab_size:
             raise EngineError(f"token ids must be in [0, {self.vocab_size}); got {lo}..{hi}")
-        lo, hi = _bounds(req.positions)
-        if lo < 0 or hi >= 2**31:
-            raise EngineError(f"positions must be in [0, 2**31); got {lo}..{hi}")
+        if plo < 0 or phi >= 2**31:
+            raise EngineError(f"positions must be in [0, 2**31); got {plo}..{phi}")
         if ctx.kv_len + n > self.max_model_len:
             raise EngineError(
                 f"context {ctx.id} would hold {ctx.kv_len + n} tokens, more than the model's "
                 f"maximum length {self.max_model_len}"
             )
-        out_list = [i for i, _ in req.outputs]
+        outputs = req.outputs
+        if len(outputs) == 1:
+            out_list, samplers = [outputs[0][0]], [outputs[0][1]]
+        else:
+            out_list, samplers = [i for i, _ in outputs], [s for _, s in outputs]
         if out_list and (min(out_list) < 0 or max(out_list) >= n):
             raise EngineError(f"output indices must be in [0, {n}) (the pass's input tokens)")
         if req.attention_mask is not None and len(req.attention_mask) != n:
@@ -358,7 +366,7 @@ class Scheduler:
             tokens=np.array(req.tokens, dtype=np.int32),
             positions=np.array(req.positions, dtype=np.int32),
             out_list=out_list,
-            samplers=[s for _, s in req.outputs],
+            samplers=samplers,
             masks=req.attention_mask,
             logit_mask=logit_mask,
             start=0,
