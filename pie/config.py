@@ -86,6 +86,8 @@ class ConfigError(Exception):
 
 
 class ServerConfig(msgspec.Struct, kw_only=True):
+    """[server]: the WebSocket front end."""
+
     host: str = "127.0.0.1"
     """Bind address for the WebSocket server."""
     port: int = 8080
@@ -101,11 +103,15 @@ class ServerConfig(msgspec.Struct, kw_only=True):
 
 
 class AuthConfig(msgspec.Struct, kw_only=True):
+    """[auth]: client authentication."""
+
     enabled: bool = True
     """Require client public-key auth on the WebSocket (keys: `pie auth add|remove|list`)."""
 
 
 class TelemetryConfig(msgspec.Struct, kw_only=True):
+    """[telemetry]: OpenTelemetry export."""
+
     enabled: bool = False
     """Emit OpenTelemetry traces and metrics."""
     endpoint: str = "http://localhost:4317"
@@ -123,6 +129,8 @@ def _default_scratch_dir() -> str:
 
 
 class RuntimeConfig(msgspec.Struct, kw_only=True):
+    """[runtime]: the inferlet sandbox: instance pool, security policy, upload limits."""
+
     worker_threads: int = msgspec.field(default_factory=_cpu_count)
     """Threads of the controller's worker pool (default: the number of CPUs)."""
     wasm_max_instances: int = 1000
@@ -146,6 +154,8 @@ class RuntimeConfig(msgspec.Struct, kw_only=True):
 
 
 class SchedulerConfig(msgspec.Struct, kw_only=True):
+    """[model.scheduler]: batch firing and the per-process page market."""
+
     batch_policy: BatchPolicy = "adaptive"
     """When to fire a batch: "adaptive", "eager" or "greedy"."""
     request_timeout_secs: float = 120.0
@@ -161,6 +171,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True):
 
 
 class DriverConfig(msgspec.Struct, kw_only=True):
+    """[model.driver]: which driver runs the model, on which devices, and its options."""
+
     type: DriverType
     """Driver: portable, cuda_native, dummy (embedded) or dev, vllm, sglang (subprocess)."""
     device: list[str]
@@ -209,6 +221,8 @@ class DriverConfig(msgspec.Struct, kw_only=True):
 
 
 class ModelConfig(msgspec.Struct, kw_only=True):
+    """One [[model]] block: a model served under a name."""
+
     name: str
     """Lookup key for Model.load("<name>"); unique. The first [[model]] is the default."""
     hf_repo: str
@@ -220,6 +234,8 @@ class ModelConfig(msgspec.Struct, kw_only=True):
 
 
 class PieConfig(msgspec.Struct, kw_only=True):
+    """The whole configuration file."""
+
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
@@ -247,6 +263,8 @@ class PieConfig(msgspec.Struct, kw_only=True):
 
 
 class _EmbeddedOptions(msgspec.Struct, kw_only=True):
+    """[model.driver.options] knobs shared by every embedded driver (Pie's own workers)."""
+
     kv_page_size: int = 16
     """Tokens per KV cache page."""
     host_pages: int | None = None
@@ -272,6 +290,8 @@ class _EmbeddedOptions(msgspec.Struct, kw_only=True):
 
 
 class PortableOptions(_EmbeddedOptions, kw_only=True):
+    """[model.driver.options] of the portable (plain torch, CPU or GPU) driver."""
+
     total_pages: int | None = None
     """KV cache pages; unset: 1024 on CPU, sized from gpu_mem_utilization on a GPU."""
     gpu_mem_utilization: float = 0.85
@@ -279,6 +299,8 @@ class PortableOptions(_EmbeddedOptions, kw_only=True):
 
 
 class CudaNativeOptions(_EmbeddedOptions, kw_only=True):
+    """[model.driver.options] of the cuda_native (Triton) driver."""
+
     total_pages: int | None = None
     """KV cache pages; unset: as many as gpu_mem_utilization leaves room for."""
     gpu_mem_utilization: float = 0.85
@@ -286,6 +308,8 @@ class CudaNativeOptions(_EmbeddedOptions, kw_only=True):
 
 
 class DummyOptions(_EmbeddedOptions, kw_only=True):
+    """[model.driver.options] of the dummy driver (random logits, no model)."""
+
     total_pages: int = 1024
     """KV cache pages the dummy worker pretends to have."""
     vocab_size: int = 49152
