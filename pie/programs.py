@@ -85,7 +85,9 @@ def digest_of(payload: bytes) -> str:
 def digest_matches(payload: bytes, claimed: str) -> bool:
     """True when `claimed` is the blake3 or the sha256 hex digest of `payload`."""
     claimed = claimed.strip().lower()
-    return claimed in (digest_of(payload), hashlib.sha256(payload).hexdigest())
+    if claimed == digest_of(payload):
+        return True
+    return len(claimed) == 64 and claimed == hashlib.sha256(payload).hexdigest()
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
@@ -313,7 +315,9 @@ class ProgramStore:
         """Validate and install a program; idempotent for identical bytes."""
         manifest = parse_manifest(manifest_text)
         name, version = manifest["package"]["name"], manifest["package"]["version"]
-        if expected_digest and not digest_matches(payload, expected_digest):
+        digest = digest_of(payload)
+        expected = (expected_digest or "").strip().lower()
+        if expected and expected != digest and not digest_matches(payload, expected):
             raise ProgramError(
                 f"Upload of {name}@{version} is corrupt: its program_hash {expected_digest} does "
                 f"not match the bytes received (blake3 {digest_of(payload)}); send it again."
@@ -328,7 +332,6 @@ class ProgramStore:
                 f"Program {name}@{version} is not a WebAssembly component; build it with "
                 '`pie build`, or set [runtime] language = "python" for Python source.'
             )
-        digest = digest_of(payload)
         old = self._programs.get(name, {}).get(version)
         if old is not None:
             if old.digest == digest and old.manifest == manifest:

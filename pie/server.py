@@ -106,6 +106,7 @@ class Server:
         self.orphans: OrderedDict[str, tuple[str, deque]] = OrderedDict()  # pid -> (user, msgs)
         # processes launched through this server and not yet seen to end: who may touch them
         self.launched: OrderedDict[str, _Launch] = OrderedDict()
+        self.install_lock = asyncio.Lock()  # one store change at a time
         self._ws_server: Any = None
         self.port: int = self.options.port
 
@@ -346,7 +347,7 @@ class Session:
             case P.Query():
                 self._query(msg)
             case P.AddProgram():
-                self._add_program(msg)
+                await self._add_program(msg)
             case P.LaunchProcess():
                 self.spawn(self._launch(msg))
             case P.LaunchProcesses():
@@ -454,7 +455,7 @@ class Session:
             return digest_matches(store.get(name, version).payload, msg.wasm_hash)
         return True
 
-    def _add_program(self, msg: P.AddProgram) -> None:
+    async def _add_program(self, msg: P.AddProgram) -> None:
         key = msg.program_hash
         up = self._uploads.get(key)
         if up is None:
@@ -506,9 +507,15 @@ class Session:
         del self._uploads[key]
         payload = b"".join(up.parts)
         try:
-            program = self.server.programs.add(
-                msg.manifest, payload, expected_digest=key or None, force=msg.force_overwrite
-            )
+            # hashing and writing a large upload must not stall every inferlet on the loop
+            async with self.server.install_lock:
+                program = await asyncio.to_thread(
+                    self.server.programs.add,
+                    msg.manifest,
+                    payload,
+                    expected_digest=key or None,
+                    force=msg.force_overwrite,
+                )
         except ProgramError as e:
             self.reply(msg.corr_id, False, str(e))
             return
