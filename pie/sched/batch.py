@@ -6,7 +6,8 @@ Data flow (all in the controller process):
     BatchResult --scatter--> each part's RowResults into its request, in the request's order
 
 Selection walks the queue in arrival order and takes at most one pass per context (a later
-pass of the same context depends on the earlier one's KV), within the worker's caps
+pass of the same context depends on the earlier one's KV), skips contexts whose pages are not
+resident (suspended), and stays within the worker's caps
 `max_batch_tokens` and `max_batch_size`. A pass larger than the room left is cut into
 prefix chunks: chunk `[lo, hi)` writes its tokens and attends over KV slots `0 .. start+hi`,
 exactly what the unchunked pass would have seen for those rows, so chunking is invisible to
@@ -26,6 +27,7 @@ import numpy as np
 
 from pie.ipc.messages import BatchDescriptor, BatchResult, RowResult, SamplerSpec
 from pie.sched.api import EngineError
+from pie.sched.context import ContextState
 from pie.sched.request import PendingForward
 
 
@@ -47,6 +49,9 @@ class Batch:
     parts: list[Part]
     num_tokens: int
     num_outputs: int
+
+
+ACTIVE = ContextState.ACTIVE
 
 
 def brle_prefix(runs: list[int], length: int) -> list[int]:
@@ -90,7 +95,7 @@ def select(
             dropped.append(req)
             continue
         cid = req.ctx.id
-        if budget == 0 or len(parts) >= max_size or cid in seen:
+        if budget == 0 or len(parts) >= max_size or cid in seen or req.ctx.state is not ACTIVE:
             seen.add(cid)
             left.append(req)
             continue

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pie.ipc.messages import BatchResult, SamplerSpec
 from pie.sched.api import EngineError
 from pie.sched.batch import brle_prefix, pack, scatter, select
-from pie.sched.context import Context
+from pie.sched.context import Context, ContextState
 from pie.sched.request import PendingForward
 
 PS = 4
@@ -112,4 +112,17 @@ def test_masks_and_logit_masks_are_packed_per_token_and_per_request():
     assert np.frombuffer(d.mask_runs, np.uint32).tolist() == [0, 1, 1, 1, 0, 3]
     assert np.frombuffer(d.logit_mask_indptr, np.int32).tolist() == [0, 0, 2]
     assert np.frombuffer(d.logit_mask_runs, np.uint32).tolist() == [3, 2]
+    loop.close()
+
+
+def test_suspended_contexts_wait_in_the_queue():
+    loop = asyncio.new_event_loop()
+    a = _req(loop, 1, 1, 0, [0], [1])
+    b = _req(loop, 2, 1, 0, [0], [2])
+    a.ctx.state = ContextState.SUSPENDED
+    parts, left, _ = select(deque([a, b]), 64, 8)
+    assert [p.req for p in parts] == [b] and list(left) == [a]
+    a.ctx.state = ContextState.ACTIVE
+    parts, left, _ = select(left, 64, 8)
+    assert [p.req for p in parts] == [a] and not left
     loop.close()
