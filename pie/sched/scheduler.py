@@ -407,6 +407,8 @@ class Scheduler:
                         break
                 batch = self._next_batch()
                 if batch is None:
+                    if self._queue:  # nothing runnable (e.g. suspended contexts): wait for news
+                        await self._wait_arrival(wait)
                     continue
                 await self._execute(batch)
         except asyncio.CancelledError:
@@ -416,6 +418,10 @@ class Scheduler:
             self._dead = f"the scheduler of model {self.info.name!r} crashed: {e}"
             self._fail_queued(EngineError(self._dead))
             raise
+
+    def wake(self) -> None:
+        """Make the loop look at the queue again (a context became runnable)."""
+        self._arrival.set()
 
     async def _wait_arrival(self, timeout: float) -> None:
         self._arrival.clear()

@@ -10,6 +10,7 @@ from test_scheduler import PS, Ctx, make, new_ctx, run
 
 from pie.ipc.messages import SamplerSpec
 from pie.sched import EngineError, ForwardRequest
+from pie.sched.context import ContextState
 
 
 def test_fork_waits_for_the_pass_in_flight():
@@ -118,5 +119,34 @@ def test_cancelled_registration_leaves_no_claim():
             s.unregister_process("a")
             await asyncio.wait_for(s.register_process("c", "u"), 1)
             assert s.stats()["processes"] == 1 and s.stats()["processes_waiting"] == 0
+
+    run(body())
+
+
+def test_loop_idles_while_only_suspended_contexts_wait():
+    async def body():
+        w = FakeWorker(page_size=PS)
+        async with make(w) as s:
+            await s.register_process("p", "alice")
+            a = await new_ctx(s, "p")
+            await a.ensure(1)
+            ctx = s.kv.get("p", a.id)
+            ctx.state = ContextState.SUSPENDED
+            builds = 0
+            next_batch = s._next_batch
+
+            def counting():
+                nonlocal builds
+                builds += 1
+                return next_batch()
+
+            s._next_batch = counting
+            pending = asyncio.ensure_future(a.fill([1]))
+            await asyncio.sleep(0.05)
+            assert builds <= 2  # the loop waits instead of spinning over the queue
+            assert not pending.done() and not w.batches
+            ctx.state = ContextState.ACTIVE
+            s.wake()
+            await asyncio.wait_for(pending, 1)
 
     run(body())
