@@ -17,8 +17,10 @@ from pie.programs import ProgramStore
 
 
 def _shm() -> set[str]:
+    """Shared-memory segments this test process created (other jobs may share the machine)."""
     d = Path("/dev/shm")
-    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+    mine = f"pie_{os.getpid()}_"
+    return {p.name for p in d.iterdir() if p.name.startswith(mine)} if d.is_dir() else set()
 
 
 @pytest.mark.e2e
@@ -46,6 +48,7 @@ def test_dummy_worker_boot_status_and_clean_stop(tmp_path, monkeypatch):
             assert sched.info.page_size == 16 and sched.info.eos_token_ids
             assert sched.tokenizer.decode(sched.tokenizer.encode("hello")) == "hello"
             pids = [w._procs[0].pid for w in engine.workers]
+            assert _shm() - before  # the worker's rings exist while it runs
             async with PieClient(engine.url) as c:
                 status = await c.model_status()
             assert status["default.pages_total"] == 32
