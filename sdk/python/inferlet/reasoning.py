@@ -56,13 +56,21 @@ class Decoder:
             self._state, self._seen = "thinking", i + len(OPEN)
             return Start()
         if self._state == "thinking":
-            j = text.find(CLOSE, self._seen - 0)
             start = text.find(OPEN) + len(OPEN)
+            j = text.find(CLOSE, start)
             if j >= 0:
                 self._state = "after"
                 return End(text[start:j])
-            safe = len(text) - len(CLOSE)  # hold back a possibly partial closing tag
+            safe = len(text) - _partial_suffix(text, CLOSE)  # hold back a partial "</think"
             if safe > self._seen:
                 delta, self._seen = text[self._seen:safe], safe
                 return Delta(delta)
         return Idle()
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0

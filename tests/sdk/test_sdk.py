@@ -1,0 +1,196 @@
+"""The inferlet SDK surface against the fake engine: snapshots, probes, masks, decoders,
+constraints, runtime facts, child launches."""
+
+import asyncio
+import json
+import math
+
+import numpy as np
+
+from pie.processes import ProcessManager
+from pie.sandbox.sandbox import Sandbox
+from pie.sandbox.testing import (EOT, IM_END, FakeEngine, fake_logits, make_program,
+                                 reference_greedy, run_inferlet)
+
+
+def _run(src, inp=None, **kw):
+    kind, value, events = asyncio.run(run_inferlet(src, inp, **kw))
+    assert kind == "return", value
+    return json.loads(value) if value[:1] in "[{" else value
+
+
+def test_runtime_facts_and_model_shape():
+    out = _run("""
+import inferlet
+async def main(input):
+    m = inferlet.Model.load()
+    return {"models": inferlet.models(), "user": inferlet.runtime.username(),
+            "id": len(inferlet.runtime.instance_id()), "version": inferlet.runtime.version(),
+            "name": m.name, "vocab": m.vocab_size, "page": m.page_size,
+            "stop": m.stop_tokens(), "roundtrip": m.tokenizer().decode(m.tokenizer().encode("héllo"))}
+""")
+    assert out == {"models": ["fake"], "user": "tester", "id": 32, "version": "0.1.0",
+                   "name": "fake", "vocab": 260, "page": 16, "stop": [IM_END, EOT],
+                   "roundtrip": "héllo"}
+
+
+def test_snapshots_save_open_take_delete():
+    out = _run("""
+import inferlet
+async def main(input):
+    m = inferlet.Model.load()
+    ctx = inferlet.Context(m)
+    ctx.append(list(range(1, 40)))
+    await ctx.save("prefix")
+    a = inferlet.Context.open(m, "prefix")
+    a.append([7])
+    ta = await a.generate_tokens(inferlet.Sampler.argmax(), max_tokens=4, ignore_eos=True)
+    b = inferlet.Context.take(m, "prefix")
+    b.append([7])
+    tb = await b.generate_tokens(inferlet.Sampler.argmax(), max_tokens=4, ignore_eos=True)
+    try:
+        inferlet.Context.open(m, "prefix")
+        gone = False
+    except inferlet.PieError:
+        gone = True
+    return {"a": ta, "b": tb, "gone": gone}
+""")
+    expected = reference_greedy(list(range(1, 40)) + [7], 4, set())
+    assert out == {"a": expected, "b": expected, "gone": True}
+
+
+def test_probes_match_the_model():
+    out = _run("""
+import inferlet
+async def main(input):
+    ctx = inferlet.Context(inferlet.Model.load())
+    ctx.append([3, 4, 5])
+    f = ctx.forward()
+    f.sample(2, inferlet.Sampler.argmax())
+    f.probe(2, inferlet.Probe.distribution(k=3))
+    f.probe(2, inferlet.Probe.logprobs([1, 2]))
+    f.probe(2, inferlet.Probe.entropy())
+    f.probe(1, inferlet.Probe.logits())
+    out = await f.execute()
+    return {"token": out.tokens, "dist": out.distribution(1), "lp": out.logprobs(2),
+            "ent": out.entropy(3), "logits": out.logits(4)[:5]}
+""")
+    kv = [(3, 0), (4, 1), (5, 2)]
+    logits = fake_logits(kv).astype(np.float64)
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    assert out["token"] == [int(np.argmax(logits))]
+    assert out["dist"][0] == list(np.argsort(-p)[:3])
+    assert np.allclose(out["dist"][1], p[np.argsort(-p)[:3]], rtol=1e-4)
+    assert np.allclose(out["lp"], np.log(p[[1, 2]]), rtol=1e-4)
+    assert math.isclose(out["ent"], float(-(p * np.log(p)).sum()), rel_tol=1e-4)
+    assert np.allclose(out["logits"], fake_logits(kv[:2])[:5], rtol=1e-5)
+
+
+def test_logit_mask_restricts_sampling():
+    out = _run("""
+import inferlet
+async def main(input):
+    ctx = inferlet.Context(inferlet.Model.load())
+    ctx.append([9, 9])
+    mask = [97, 26, 260 - 123]   # only lowercase ascii letters allowed
+    toks = await ctx.generate_tokens(inferlet.Sampler.argmax(), max_tokens=12,
+                                     logit_mask=mask, ignore_eos=True)
+    return toks
+""")
+    assert len(out) == 12 and all(97 <= t < 123 for t in out)
+
+
+def test_chat_and_reasoning_decoders():
+    out = _run("""
+import inferlet
+from inferlet import chat, reasoning
+async def main(input):
+    m = inferlet.Model.load()
+    tok = m.tokenizer()
+    d = chat.Decoder(m)
+    evs = [d.feed(tok.encode(x)) for x in ["Hel", "lo"]] + [d.feed(list("é".encode())[:1])]
+    evs.append(d.feed(list("é".encode())[1:]))
+    evs.append(d.feed(m.stop_tokens()[:1]))
+    r = reasoning.Decoder(m)
+    revs = [r.feed(tok.encode(x)) for x in ["<think>", "plan ", "more", "</think>", "answer"]]
+    return [type(e).__name__ + ":" + str(getattr(e, "text", "")) for e in evs + revs]
+""")
+    assert out[:5] == ["Delta:Hel", "Delta:lo", "Idle:", "Delta:é", "Done:Helloé"]
+    assert out[5] == "Start:" and out[8] == "End:plan more"
+    assert out[6:8] == ["Delta:plan ", "Delta:more"]
+
+
+def test_regex_and_json_schema_constraints():
+    out = _run("""
+import json, inferlet
+async def main(input):
+    m = inferlet.Model.load()
+    a = inferlet.Context(m)
+    a.append([1, 2])
+    num = await a.generate_text(inferlet.Sampler.argmax(), max_tokens=8,
+                                constrain=inferlet.Regex(r"[0-9]{3}-[0-9]{2}"))
+    b = inferlet.Context(m)
+    b.append([3, 4])
+    schema = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"},
+                                                          "n": {"type": "integer"}}})
+    obj = await b.generate_text(inferlet.Sampler.argmax(), max_tokens=40,
+                                constrain=inferlet.JsonSchema(schema))
+    return {"num": num, "obj": obj}
+""")
+    import re
+
+    assert re.fullmatch(r"[0-9]{3}-[0-9]{2}", out["num"]), out
+    obj = json.loads(out["obj"])
+    assert set(obj) == {"ok", "n"} and isinstance(obj["ok"], bool) and isinstance(obj["n"], int)
+
+
+def test_subscription_iteration_and_set_return():
+    out = _run("""
+import inferlet
+async def main(input):
+    sub = inferlet.messaging.subscribe("t")
+    for i in range(3):
+        inferlet.messaging.broadcast("t", {"i": i})
+    got = []
+    async for msg in sub:
+        got.append(msg)
+        if len(got) == 3:
+            break
+    sub.unsubscribe()
+    inferlet.set_return({"got": got})
+""")
+    assert out == {"got": ['{"i": 0}', '{"i": 1}', '{"i": 2}']}
+
+
+def test_child_launch():
+    child = "async def main(input):\n    return {'double': input['x'] * 2}\n"
+    parent = """
+import json, inferlet
+async def main(input):
+    return json.loads(await inferlet.runtime.launch("child@0.1.0", {"x": 21}))
+"""
+
+    async def go():
+        eng = FakeEngine()
+        pm = ProcessManager({"fake": eng}, None, sandbox=Sandbox())
+        pm.resolve_program = lambda ref: make_program(child, name="child")
+        pid = await pm.launch(make_program(parent), "{}", "u", lambda *a: None)
+        out = await pm.wait(pid)
+        await pm.shutdown()
+        return out
+
+    kind, value = asyncio.run(go())
+    assert (kind, json.loads(value)) == ("return", {"double": 42})
+
+
+def test_page_accounting_commits_full_pages():
+    out = _run("""
+import inferlet
+async def main(input):
+    ctx = inferlet.Context(inferlet.Model.load())
+    ctx.append(list(range(50)))
+    await ctx.flush(keep_last=False)
+    return [ctx.committed_pages, ctx.working_pages, ctx.working_tokens, ctx.seq_len]
+""")
+    assert out == [3, 1, 2, 50]
