@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from pie.kernels.sampling.philox import gumbel_noise, gumbel_noise_pairs, gumbel_noise_tl
-from pie.kernels.sampling.state import NEG_INF, SamplingState
+from pie.kernels.sampling.state import NEG_INF, SamplingState, scratch
 
 SAMPLE_BLOCK = 1024
 
@@ -92,7 +92,7 @@ def _sample_dense(z: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     n, v = z.shape
     nb = -(-v // SAMPLE_BLOCK)
     m = z.amax(-1, keepdim=True)  # the row maximum is finite: a kept token always exists
-    e = torch.exp(z - m)
+    e = torch.sub(z, m, out=scratch("exp", z.shape, z.device)).exp_()
     if nb * SAMPLE_BLOCK != v:
         e = torch.nn.functional.pad(e, (0, nb * SAMPLE_BLOCK - v))
     # relative to the row maximum rather than each block's: a block this loses to underflow

@@ -59,7 +59,7 @@ class MinP(Stage):
         if c is not None and bool(c.complete[active].all()):
             m = c.values[:, 0]  # candidates are sorted and the maximum is never removed
         else:
-            m = state.z.max(-1).values  # pending thresholds never remove the maximum either
+            m = state.z.amax(-1)  # pending thresholds never remove the maximum either
             if state.scale is not None:
                 m = m / state.scale
         threshold = m + torch.log(torch.where(active, mp, torch.ones_like(mp)))

@@ -114,7 +114,7 @@ class TopP(Stage):
             threshold, _ = _cut(c.values, top_p, e.sum(-1))
         else:
             z = state.dense()
-            m = z.max(-1, keepdim=True).values
+            m = z.amax(-1, keepdim=True)
             total = torch.exp(z - m).sum(-1)
             k = min(256, z.shape[1])
             while True:
