@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import random
@@ -49,6 +50,7 @@ IDENTITY_HEADER = "x-pie-identity"
 MAX_ORPHAN_EVENTS = 4096  # per process, oldest dropped first
 MAX_ORPHAN_PROCESSES = 1024
 MAX_LAUNCH_RECORDS = 65536
+MAX_FRAME_BYTES = 64 << 20
 NOT_AUTHENTICATED = (
     "Not authenticated: send auth_identify then auth_prove (or auth_by_token) first."
 )
@@ -115,8 +117,9 @@ class Server:
         return self.options.max_upload_mb * 1024 * 1024
 
     async def start(self) -> None:
-        # A JSON client may send a whole upload in one base64 frame: 4/3 of the cap, plus slack.
-        max_frame = self.max_upload_bytes * 4 // 3 + (1 << 20)
+        # Clients chunk uploads (256 KiB); a JSON client may send a small program in one base64
+        # frame. Bounded so that no connection, authenticated or not, can make us buffer more.
+        max_frame = min(self.max_upload_bytes * 4 // 3 + (1 << 20), MAX_FRAME_BYTES)
         self._ws_server = await websockets.serve(
             self._handle,
             self.options.host,
@@ -360,7 +363,8 @@ class Session:
                 self.spawn(self._terminate(msg))
             case P.SignalProcess():
                 if self._owns(msg.process_id):
-                    self.server.processes.signal(msg.process_id, msg.message)
+                    with contextlib.suppress(KeyError):  # it ended meanwhile: nobody to tell
+                        self.server.processes.signal(msg.process_id, msg.message)
                 else:
                     log.info("signal to unknown process %s dropped", msg.process_id)
             case P.TransferFile():
@@ -644,6 +648,11 @@ class Session:
         self.server.attached[pid] = self
         try:
             self.server.processes.attach(pid, self.on_event)
+        except KeyError:  # the manager forgot it: it ended long ago
+            self.server.attached.pop(pid, None)
+            self.server.launched.pop(pid, None)
+            self.reply(msg.corr_id, False, f"Process {pid} has ended and its output expired.")
+            return
         except Exception as e:  # noqa: BLE001 - the process manager's refusal goes to the client
             self.server.attached.pop(pid, None)
             self._launch_error(msg.corr_id, e)
@@ -656,6 +665,10 @@ class Session:
             return
         try:
             await self.server.processes.terminate(msg.process_id, "Signal")
+        except KeyError:
+            self.server.launched.pop(msg.process_id, None)
+            self.reply(msg.corr_id, False, f"Process {msg.process_id} has already ended.")
+            return
         except Exception as e:  # noqa: BLE001 - the process manager's refusal goes to the client
             self._launch_error(msg.corr_id, e)
             return
@@ -687,7 +700,8 @@ class Session:
         if msg.file_hash and not digest_matches(data, msg.file_hash):
             log.info("file transfer to %s dropped: hash mismatch", msg.process_id)
             return
-        self.server.processes.send_file(msg.process_id, msg.file_hash, data)
+        with contextlib.suppress(KeyError):  # it ended meanwhile: nobody to give it to
+            self.server.processes.send_file(msg.process_id, msg.file_hash, data)
 
     # -- queries ---------------------------------------------------------------------------
 

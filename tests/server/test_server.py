@@ -458,3 +458,23 @@ def test_events_racing_a_disconnect_are_kept_for_the_next_attach(tmp_path):
             pm.detach = real_detach
 
     run(body())
+
+
+def test_processes_the_manager_forgot_give_clear_answers(tmp_path):
+    async def body():
+        async with running_server(tmp_path) as (_, uri, pm):  # noqa: SIM117
+            async with PieClient(uri, identity="fay") as c:
+                await install(c, "waiter", WAITER)
+                p = await c.launch_process("waiter")
+                await p.recv()
+            await asyncio.sleep(0.05)
+            del pm.procs[p.id]  # as after the manager's retention period
+            async with PieClient(uri, identity="fay") as c2:
+                with pytest.raises(PieError, match="ended and its output expired"):
+                    await c2.attach_process(p.id)
+                with pytest.raises(PieError, match="No process"):
+                    await c2.terminate_process(p.id)
+                await c2.signal_process(p.id, "nobody home")  # dropped quietly
+                assert await c2.ping() == "Pong"
+
+    run(body())
