@@ -73,9 +73,16 @@ async def wait_for(handle: int) -> int:
         _pending.pop(handle, None)
 
 
+# Built at import time, so the runner's pre-initialized snapshot already holds it: a guest
+# instance runs one program and is then discarded, so one loop per instance is enough.
+_LOOP: GuestLoop | None = GuestLoop()
+
+
 def run_main(fn: Callable[..., Awaitable[Any]], args: tuple, kwargs: dict) -> Any:
-    """Run an async entry function to completion on a fresh guest loop."""
-    loop = GuestLoop()
+    """Run an async entry function to completion on the guest loop."""
+    global _LOOP
+    loop = _LOOP if _LOOP is not None and not _LOOP.is_closed() else GuestLoop()
+    _LOOP = None  # a second run in the same instance gets a fresh loop
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(fn(*args, **kwargs))
