@@ -1,0 +1,140 @@
+"""Prefill and decode throughput of the model layer against transformers `generate`, same weights.
+
+Both sides run the default model (SmolLM2-135M-Instruct, the bundled GGUF dequantized once to
+float32): ours through `pie.model.generator.Generator` (paged KV, one ragged batch per step),
+transformers through `LlamaForCausalLM.generate` with the very same tensors loaded into it.
+For each batch size B, every sequence gets the same P-token prompt; greedy decoding; EOS off.
+
+    prefill tok/s = B*P / time(generate 1 token)
+    decode  tok/s = B*N / (time(generate 1+N tokens) - time(generate 1 token))
+
+Each figure is the median of --repeats runs, and the two systems alternate within a repeat so
+load from other processes hits both alike. Prints one table with ratios (ours / transformers).
+
+    python bench/forward.py [--batches 1,8,32,64] [--prompt-len 64] [--new-tokens 16]
+                            [--repeats 3] [--threads 2] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from pie.model import DEFAULT_MODEL, load_model  # noqa: E402
+from pie.model.generator import Generator  # noqa: E402
+from pie.model.loader import open_checkpoint  # noqa: E402
+
+PAGE_SIZE = 16
+
+
+def transformers_model(spec: str, dtype: torch.dtype):
+    """A transformers LlamaForCausalLM holding exactly the tensors our loader reads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, ckpt = open_checkpoint(spec)
+    c = ckpt.config
+    cfg = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        max_position_embeddings=c.max_position,
+        rms_norm_eps=c.rms_norm_eps,
+        rope_theta=c.rope_theta,
+        tie_word_embeddings=c.tie_word_embeddings,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=list(c.eos_token_ids),
+    )
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    names = [n for n in model.state_dict() if ckpt.has(n)]
+    model.load_state_dict({n: ckpt.get(n).to(dtype) for n in names}, strict=False)
+    if c.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
+def time_ours(gen: Generator, prompt: list[int], batch: int, new_tokens: int) -> float:
+    t = time.perf_counter()
+    gen.generate([prompt] * batch, max_new_tokens=new_tokens)
+    return time.perf_counter() - t
+
+
+@torch.inference_mode()
+def time_hf(model, prompt: list[int], batch: int, new_tokens: int) -> float:
+    ids = torch.tensor([prompt] * batch)
+    t = time.perf_counter()
+    model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+
+    lm = load_model(args.model, dtype=args.dtype)
+    hf = transformers_model(args.model, lm.model.dtype)
+    text = "The history of the Roman Empire begins with the founding of the city of Rome. " * 20
+    prompt = lm.tokenizer.encode(text)[: args.prompt_len]
+    pages_per_seq = -(-(len(prompt) + args.new_tokens + 1) // PAGE_SIZE)
+    gen = Generator(lm.model, page_size=PAGE_SIZE, num_pages=pages_per_seq * max(batches))
+
+    # warm-up (allocator, oneDNN primitive caches)
+    time_ours(gen, prompt, 1, 2)
+    time_hf(hf, prompt, 1, 2)
+
+    rows = []
+    for b in batches:
+        samples: dict[str, list[float]] = {k: [] for k in ("op", "od", "hp", "hd")}
+        for _ in range(args.repeats):
+            o1 = time_ours(gen, prompt, b, 1)
+            h1 = time_hf(hf, prompt, b, 1)
+            on = time_ours(gen, prompt, b, 1 + args.new_tokens)
+            hn = time_hf(hf, prompt, b, 1 + args.new_tokens)
+            samples["op"].append(b * len(prompt) / o1)
+            samples["hp"].append(b * len(prompt) / h1)
+            samples["od"].append(b * args.new_tokens / max(on - o1, 1e-9))
+            samples["hd"].append(b * args.new_tokens / max(hn - h1, 1e-9))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        rows.append((b, med))
+
+    print(
+        f"model {args.model} | {args.dtype} | threads {args.threads} | prompt {len(prompt)} tokens | "
+        f"decode {args.new_tokens} tokens | median of {args.repeats}"
+    )
+    print("| batch | prefill ours tok/s | prefill HF tok/s | ratio | decode ours tok/s | decode HF tok/s | ratio |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for b, m in rows:
+        print(
+            f"| {b} | {m['op']:.0f} | {m['hp']:.0f} | {m['op'] / m['hp']:.2f}x | "
+            f"{m['od']:.1f} | {m['hd']:.1f} | {m['od'] / m['hd']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
