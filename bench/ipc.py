@@ -152,66 +152,87 @@ def bench_codec(desc: BatchDescriptor, iters: int) -> tuple[float, float]:
 
 
 def bench_worker(iters: int, skip_model: bool) -> list[tuple]:
+    """Rows of (what, p50 us, ratio or None) for the worker path."""
     from pie.ipc.client import WorkerClient
     from pie.ipc.spec import WorkerSpec
 
     desc = descriptor(8, 1, start=40)
     rows = []
 
-    async def through(spec: WorkerSpec) -> list[float]:
+    def numbered(i: int) -> BatchDescriptor:
+        fields = {f: getattr(desc, f) for f in desc.__struct_fields__}
+        return BatchDescriptor(**{**fields, "batch_id": i})
+
+    async def through(spec: WorkerSpec) -> tuple[list[float], list[float]]:
+        """Round trips and (round trip - the worker's own time) per batch, in seconds."""
         async with await WorkerClient.start(spec) as c:
-            samples = []
+            rtt, transport = [], []
             for i in range(iters + 5):
-                d = BatchDescriptor(
-                    **{**{f: getattr(desc, f) for f in desc.__struct_fields__}, "batch_id": i}
-                )
                 t = time.perf_counter()
-                r = await c.submit(d)
+                r = await c.submit(numbered(i))
+                dt = time.perf_counter() - t
                 assert r.error == "", r.error
                 if i >= 5:
-                    samples.append(time.perf_counter() - t)
-            return samples
+                    rtt.append(dt)
+                    transport.append(dt - r.forward_us * 1e-6)
+            return rtt, transport
 
-    dummy = asyncio.run(through(WorkerSpec(driver="dummy", options={"total_pages": 1024})))
-    rows.append(("dummy driver, submit round trip", statistics.median(dummy) * 1e6, None))
+    med = statistics.median
+    rtt, transport = asyncio.run(through(WorkerSpec(driver="dummy", options={"total_pages": 1024})))
+    rows.append(("dummy driver: submit round trip", med(rtt) * 1e6, None))
+    rows.append(
+        (
+            "dummy driver: round trip minus worker time (ring, codec, client)",
+            med(transport) * 1e6,
+            None,
+        )
+    )
     if skip_model:
         return rows
     opts = {"total_pages": 256, "num_threads": 1}
-    worker = asyncio.run(through(WorkerSpec(driver="portable", options=opts)))
+    rtt, transport = asyncio.run(through(WorkerSpec(driver="portable", options=opts)))
+    rows.append(("portable worker: submit round trip", med(rtt) * 1e6, None))
+    rows.append(("portable worker: round trip minus worker time", med(transport) * 1e6, None))
 
+    # in this process, alternating so machine load hits both alike: the worker's runner
+    # (decode + checks + tensor build + forward + sampling) against the bare model call
     import torch
 
     from pie.kernels.attention import AttentionPlan
-    from pie.model import DEFAULT_MODEL, load_model
+    from pie.worker.batch import ForwardBatch
+    from pie.worker.drivers.portable import PortableDriver
+    from pie.worker.runner import Runner
 
-    torch.set_num_threads(1)
-    model = load_model(DEFAULT_MODEL, device="cpu", dtype=torch.float32).model
-    kv = model.allocate_kv(256, PAGE)
-    a = {
-        f: np.frombuffer(getattr(desc, f), dtype="<i4")
-        for f in desc.__struct_fields__
-        if isinstance(getattr(desc, f), bytes) and getattr(desc, f)
-    }
-    direct = []
+    driver = PortableDriver(WorkerSpec(driver="portable", options=opts))
+    runner = Runner(driver)
+    model, kv = driver.lm.model, driver.kv
+    fb = ForwardBatch.decode(desc, runner.limits)
+    ids = torch.from_numpy(fb.token_ids.astype(np.int64))
+    pos = torch.from_numpy(fb.positions.astype(np.int64))
+    out = torch.from_numpy(fb.output_rows.astype(np.int64))
+    via_runner, direct = [], []
     for i in range(iters + 5):
         t = time.perf_counter()
         plan = AttentionPlan.build(
-            a["qo_indptr"], a["kv_page_indices"], a["kv_page_indptr"], a["kv_last_page_len"], PAGE
+            fb.qo_indptr, fb.kv_page_indices, fb.kv_page_indptr, fb.kv_last_page_len, PAGE
         )
-        logits = model.forward_batch(
-            torch.from_numpy(a["token_ids"].astype(np.int64)),
-            torch.from_numpy(a["positions"].astype(np.int64)),
-            plan,
-            kv,
-            torch.from_numpy(a["output_rows"].astype(np.int64)),
-        )
-        torch.argmax(logits, dim=-1).numpy()
+        torch.argmax(model.forward_batch(ids, pos, plan, kv, out), dim=-1).numpy()
+        t1 = time.perf_counter()
+        assert runner.handle(desc).error == ""
+        t2 = time.perf_counter()
         if i >= 5:
-            direct.append(time.perf_counter() - t)
-    w50, d50 = statistics.median(worker) * 1e6, statistics.median(direct) * 1e6
-    rows.append(("portable worker, submit round trip", w50, None))
+            direct.append(t1 - t)
+            via_runner.append(t2 - t1)
+    d50, r50 = med(direct) * 1e6, med(via_runner) * 1e6
+    overhead = med([b - a for a, b in zip(direct, via_runner)]) * 1e6
     rows.append(("model called directly (plan + forward + argmax)", d50, None))
-    rows.append(("worker overhead per batch (difference)", w50 - d50, w50 / d50))
+    rows.append(
+        ("worker runner in-process (checks + tensors + forward + sampling)", r50, r50 / d50)
+    )
+    total = overhead + med(transport) * 1e6
+    rows.append(
+        ("worker overhead per batch (runner extra + transport)", total, (d50 + total) / d50)
+    )
     return rows
 
 

@@ -281,7 +281,7 @@ class WorkerClient:
         self._unwatch()
         if self._stopping or self._closed or self._dead is not None:
             return
-        proc.join(0)
+        proc.join(0.5)  # the pipe closes a moment before the exit status is ready
         rank = self._procs.index(proc)
         self._dead = (
             f"worker rank {rank} of model {self.spec.name!r} (pid {proc.pid}) exited with code "

@@ -105,3 +105,29 @@ def worker_specs(model: Any) -> list[WorkerSpec]:
         )
         for group in drv.groups
     ]
+
+
+def device_groups(devices: list[str] | str, tensor_parallel_size: int = 1) -> list[tuple[str, ...]]:
+    """Split a device list into data-parallel groups of `tensor_parallel_size` devices.
+
+    Consecutive devices form a group: 4 GPUs with tensor_parallel_size 2 give two groups of
+    two; tensor_parallel_size 1 gives one replica per device. A single "cpu" with
+    tensor_parallel_size N is one group of N CPU ranks (the CPU hosts every rank).
+    """
+    if isinstance(devices, str):
+        devices = [d.strip() for d in devices.split(",") if d.strip()]
+    if tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
+    if not devices:
+        raise ValueError('the model has no device; set [model.driver].device, e.g. ["cpu"]')
+    if devices == ["cpu"]:
+        return [("cpu",) * tensor_parallel_size]
+    if len(devices) % tensor_parallel_size:
+        raise ValueError(
+            f"{len(devices)} devices cannot be split into tensor-parallel groups of "
+            f"{tensor_parallel_size}; list a multiple of tensor_parallel_size devices"
+        )
+    return [
+        tuple(devices[i : i + tensor_parallel_size])
+        for i in range(0, len(devices), tensor_parallel_size)
+    ]

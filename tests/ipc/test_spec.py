@@ -41,3 +41,20 @@ def test_one_cpu_hosts_every_tensor_parallel_rank():
     (s,) = worker_specs(m)
     assert s.devices == ("cpu", "cpu")
     assert s.option("vocab_size") == 49152  # the dummy driver's typed default
+
+
+def test_device_groups():
+    from pie.ipc.spec import device_groups
+
+    assert device_groups(["cuda:0", "cuda:1", "cuda:2", "cuda:3"], 2) == [
+        ("cuda:0", "cuda:1"),
+        ("cuda:2", "cuda:3"),
+    ]
+    assert device_groups("cuda:0,cuda:1", 1) == [("cuda:0",), ("cuda:1",)]
+    assert device_groups(["cpu"], 2) == [("cpu", "cpu")]
+    import pytest
+
+    with pytest.raises(
+        ValueError, match="3 devices cannot be split into tensor-parallel groups of 2"
+    ):
+        device_groups(["cuda:0", "cuda:1", "cuda:2"], 2)

@@ -158,25 +158,6 @@ def test_oversize_request_is_refused_and_the_client_keeps_working():
     run(main())
 
 
-def test_oversize_result_becomes_an_error_not_a_hang():
-    from pie.worker import sampling
-
-    if sampling._sample_rows is None:
-        pytest.skip("the sampling pipeline (pie.kernels.sampling.sample_rows) is not in this build")
-
-    async def main():
-        async with await WorkerClient.start(
-            spec(ring_slot_bytes=64 << 10, max_dist_size=VOCAB)
-        ) as c:
-            reqs = [Req([i], 0, [i], sampler=SamplerSpec(raw_logits=True)) for i in range(20)]
-            r = await c.submit(batch(1, reqs))  # 20 x 1000 float32 logits > 64 KiB
-            assert "does not fit a ring slot of 65536 bytes" in r.error
-            r = await c.submit(batch(2, reqs[:2]))
-            assert r.error == "" or "sampling pipeline" in r.error
-
-    run(main())
-
-
 def test_killed_worker_fails_pending_requests_fast_and_leaves_no_shm():
     async def main():
         c = await WorkerClient.start(spec(step_latency_us=3_000_000))
@@ -258,14 +239,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_probes_go_through_the_sampling_pipeline_and_unknown_stages_are_refused():
+def test_probes_unknown_stages_and_oversize_results():
     from pie.worker import sampling
 
     if sampling._sample_rows is None:
         pytest.skip("the sampling pipeline (pie.kernels.sampling.sample_rows) is not in this build")
 
     async def main():
-        async with await WorkerClient.start(spec(max_dist_size=8)) as c:
+        async with await WorkerClient.start(
+            spec(max_dist_size=VOCAB, ring_slot_bytes=64 << 10)
+        ) as c:
             probe = SamplerSpec(dist_k=4, entropy=True, logprob_ids=to_bytes([1, 2], "int32"))
             reqs = [Req([3, 4], 0, [0], sampler=probe), Req([5], 0, [1])]
             r = await c.submit(batch(1, reqs))
@@ -285,5 +268,12 @@ def test_probes_go_through_the_sampling_pipeline_and_unknown_stages_are_refused(
             )
             assert "sampler 0 sets 'no_such', which no registered sampling stage reads" in bad.error
             assert (await c.submit(batch(4, reqs))).error == ""
+            # a result larger than a slot becomes that batch's error, not a hang
+            raw = [Req([i], 0, [i], sampler=SamplerSpec(raw_logits=True)) for i in range(20)]
+            r = await c.submit(batch(5, raw))  # 20 x 1000 float32 logits > 64 KiB
+            assert "BatchResult of" in r.error
+            assert "does not fit a ring slot of 65536 bytes" in r.error
+            r = await c.submit(batch(6, raw[:2]))
+            assert r.error == "" and len(as_array(r.rows[1].logits, "float32")) == VOCAB
 
     run(main())
