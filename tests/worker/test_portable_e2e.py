@@ -234,7 +234,7 @@ def test_swap_out_and_in_restores_the_kv(loop, workers):
     from pie.ipc.messages import SwapIn, SwapOut
 
     tp1 = workers[0]
-    i32 = lambda v: to_bytes(v, "int32")  # noqa: E731
+    i32 = lambda v: to_bytes(v, "int32")
 
     async def main():
         n = len(PROMPT_A)
