@@ -24,11 +24,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from pie.model import DEFAULT_MODEL, load_model  # noqa: E402
-from pie.model.generator import Generator  # noqa: E402
-from pie.model.loader import open_checkpoint  # noqa: E402
+from pie.model import DEFAULT_MODEL, load_model
+from pie.model.generator import Generator
+from pie.model.loader import open_checkpoint
 
 PAGE_SIZE = 16
 
