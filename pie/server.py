@@ -51,6 +51,7 @@ MAX_ORPHAN_EVENTS = 4096  # per process, oldest dropped first
 MAX_ORPHAN_PROCESSES = 1024
 MAX_LAUNCH_RECORDS = 65536
 MAX_FRAME_BYTES = 64 << 20
+MAX_OUTBOX = 65536  # messages queued for one client before it is considered gone
 NOT_AUTHENTICATED = (
     "Not authenticated: send auth_identify then auth_prove (or auth_by_token) first."
 )
@@ -170,6 +171,7 @@ class Session:
         self.text = False  # answer in JSON text frames once the client speaks them
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.closed = False
+        self._closing = False
         self._unsent: list[P.ServerMessage] = []
         self.tasks: set[asyncio.Task] = set()
         self._challenge: tuple[str, bytes] | None = None
@@ -232,8 +234,14 @@ class Session:
     def send(self, msg: P.ServerMessage) -> None:
         if self.closed:
             self._stash(msg)
-        else:
-            self.outbox.put_nowait(msg)
+            return
+        self.outbox.put_nowait(msg)
+        if self.outbox.qsize() > MAX_OUTBOX and not self._closing:
+            # a client that does not read must not grow our memory without bound: drop it,
+            # its processes detach and keep their latest events for the next attach
+            self._closing = True
+            log.warning("closing a client that is %d messages behind", self.outbox.qsize())
+            self.spawn(self.ws.close(1008, "Client too slow: it stopped reading events."))
 
     def _stash(self, msg: P.ServerMessage) -> None:
         """Keep a process event the dropped client never got, for whoever attaches next."""

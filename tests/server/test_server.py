@@ -462,7 +462,7 @@ def test_events_racing_a_disconnect_are_kept_for_the_next_attach(tmp_path):
 
 def test_processes_the_manager_forgot_give_clear_answers(tmp_path):
     async def body():
-        async with running_server(tmp_path) as (_, uri, pm):  # noqa: SIM117
+        async with running_server(tmp_path) as (_, uri, pm):
             async with PieClient(uri, identity="fay") as c:
                 await install(c, "waiter", WAITER)
                 p = await c.launch_process("waiter")
@@ -476,5 +476,31 @@ def test_processes_the_manager_forgot_give_clear_answers(tmp_path):
                     await c2.terminate_process(p.id)
                 await c2.signal_process(p.id, "nobody home")  # dropped quietly
                 assert await c2.ping() == "Pong"
+
+    run(body())
+
+
+def test_a_client_that_stops_reading_is_dropped(tmp_path, monkeypatch):
+    import pie.server as server_module
+    from pie.server import Server, ServerOptions, Session
+
+    monkeypatch.setattr(server_module, "MAX_OUTBOX", 10)
+
+    class StuckSocket:
+        def __init__(self):
+            self.closed_with = None
+
+        async def close(self, code, reason):
+            self.closed_with = (code, reason)
+
+    async def body():
+        server = Server(None, None, ServerOptions(auth_enabled=False))
+        ws = StuckSocket()
+        session = Session(server, ws, "slow")
+        for i in range(12):
+            session.on_event("pid", "stdout", f"line {i}")
+        await asyncio.sleep(0)
+        assert ws.closed_with is not None and ws.closed_with[0] == 1008
+        assert "too slow" in ws.closed_with[1]
 
     run(body())
