@@ -119,6 +119,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"Pie is serving {models} on {e.url} (auth {auth}); Ctrl-C stops it.", err=True
             )
+            if e.auth_enabled and e.keystore is not None and not e.keystore.users:
+                typer.echo(
+                    "warning: auth is on but no keys are authorised; add one with "
+                    "`pie auth add USER < key.pub` or serve with --no-auth.",
+                    err=True,
+                )
 
         try:
             code = run_forever(engine, progress, ready)
