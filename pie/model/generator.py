@@ -123,18 +123,15 @@ class Generator:
         """
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        gen = torch.Generator(device="cpu")
-        if seed is not None:
-            gen.manual_seed(seed)
         stops = set(stop_token_ids)
         seqs = [_Sequence(tokens=list(p), pending=len(p)) for p in prompts]
         try:
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 active = [i for i, s in enumerate(seqs) if not s.done]
                 if not active:
                     break
                 logits = self.step([seqs[i] for i in active])
-                nxt = self._sample(logits, temperature, top_p, gen).tolist()
+                nxt = self._sample(logits, temperature, top_p, seed, step)
                 for i, t in zip(active, nxt):
                     s = seqs[i]
                     s.tokens.append(t)
@@ -152,15 +149,22 @@ class Generator:
 
     @staticmethod
     def _sample(
-        logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator
-    ) -> torch.Tensor:
+        logits: torch.Tensor, temperature: float, top_p: float, seed: int | None, step: int
+    ) -> list[int]:
+        """Next token per row: argmax when greedy, else the shared sampling pipeline."""
         # logits: [B, V] float32
         if temperature <= 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-        if top_p < 1.0:
-            sorted_p, idx = probs.sort(-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the top token
-            sorted_p = sorted_p * keep
-            probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(logits.device)
+            return logits.argmax(-1).tolist()
+        from pie.ipc.messages import SamplerSpec
+        from pie.kernels.sampling import sample_rows
+
+        def row_seed(row: int) -> int:
+            # a distinct reproducible stream per (seed, step, row); 0 would mean "fresh randomness"
+            return 0 if seed is None else (seed * 1_000_003 + step * 8191 + row) % (2**31 - 1) + 1
+
+        specs = [
+            SamplerSpec(temperature=temperature, top_p=top_p, seed=row_seed(r))
+            for r in range(logits.shape[0])
+        ]
+        tokens, _ = sample_rows(logits, specs)
+        return tokens.tolist()

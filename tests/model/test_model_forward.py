@@ -108,3 +108,15 @@ def test_bfloat16_close_to_float32(tiny_checkpoints):
     scale = a.abs().max().item()
     assert (a - b).abs().max().item() < 0.05 * scale
     assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.7
+
+
+def test_sampled_generation_is_seeded(tiny_checkpoints):
+    lm = load_model(str(tiny_checkpoints["llama"]))
+    gen = Generator(lm.model, page_size=PAGE, num_pages=32)
+    prompts = [[5, 6, 7], [9, 10]]
+    a = gen.generate(prompts, 12, temperature=1.5, seed=1234)
+    b = gen.generate(prompts, 12, temperature=1.5, seed=1234)
+    c = gen.generate(prompts, 12, temperature=1.5, seed=4321)
+    greedy = gen.generate(prompts, 12)
+    assert a == b and a != c and a != greedy
+    assert all(len(x) == 12 and all(0 <= t < lm.config.vocab_size for t in x) for x in a)
