@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import itertools
+import struct
 import threading
 from ctypes import POINTER, byref
 from typing import Any, Callable
@@ -55,32 +56,58 @@ class GuestError(Exception):
     """A refusal returned to the guest as `err(message)`; the message is for the author."""
 
 
+_VAL = ffi.wasmtime_component_val_t
+
+
 class Ty:
-    """A WIT value type with its two converters bound once."""
+    """A WIT value type with its converters bound once.
 
-    __slots__ = ("name", "lift", "lower")
+    `lift`/`lower` work on a `wasmtime_component_val_t` struct; `lift_at`/`lower_at` on its
+    address (scalars read and write the 32-byte value directly, everything else goes through
+    a struct view).
+    """
 
-    def __init__(self, name: str, lift: Callable, lower: Callable) -> None:
+    __slots__ = ("name", "lift", "lower", "lift_at", "lower_at")
+
+    def __init__(self, name: str, lift: Callable, lower: Callable,
+                 lift_at: Callable | None = None, lower_at: Callable | None = None) -> None:
         self.name = name
         self.lift = lift  # C value -> Python (takes ownership of nested allocations)
-        self.lower = lower  # (Python, POINTER(val)) -> None
+        self.lower = lower  # (Python, val struct) -> None
+        self.lift_at = lift_at or (lambda a: lift(_VAL.from_address(a)))
+        self.lower_at = lower_at or (lambda v, a: lower(v, _VAL.from_address(a)))
 
     def __repr__(self) -> str:
         return self.name
 
 
+_FMT = {"U32": "<I", "S32": "<i", "U64": "<Q", "S64": "<q", "F32": "<f", "F64": "<d",
+        "BOOL": "<?"}
+
+
 def _scalar(kind: str, field: str, check: Callable[[Any], Any]) -> Ty:
     k = _K[kind]
+    fmt = _FMT[kind]
+    size = struct.calcsize(fmt)
+    head = struct.Struct("<B7x" + fmt[1:])
+    unpack = struct.Struct(fmt).unpack
+    string_at, memmove = ctypes.string_at, ctypes.memmove
 
     def lift(c):
         return getattr(c.of, field)
 
-    def lower(v, p):
-        c = p.contents
+    def lower(v, c):
         c.kind = k
         setattr(c.of, field, check(v))
 
-    return Ty(kind.lower(), lift, lower)
+    def lift_at(addr):
+        return unpack(string_at(addr + 8, size))[0]
+
+    def lower_at(v, addr):
+        data = head.pack(k, check(v))
+        memmove(addr, data, len(data))
+
+    return Ty(kind.lower(), lift, lower, lift_at, lower_at)
 
 
 def _u32(v: Any) -> int:
@@ -106,7 +133,7 @@ def _lift_str(c):
 
 
 def _lower_str(v, p):
-    c = p.contents
+    c = p
     c.kind = _K["STRING"]
     c.of.string = ffi.str_to_capi(v)
 
@@ -122,11 +149,19 @@ def _dense(elem_kind: str, dtype: str) -> Ty:
     offset = 8 // dt.itemsize  # the payload sits 8 bytes into each 32-byte value
     as_bytes = dtype == "u1"
 
+    small_unpack = struct.Struct("<8x" + dt.str[1:].replace("u1", "B").replace("u4", "I")
+                                 .replace("f4", "f") + f"{VAL_SIZE - 8 - dt.itemsize}x")
+    small_pack = struct.Struct("<B7x" + small_unpack.format[3:])
+    string_at, memmove = ctypes.string_at, ctypes.memmove
+
     def lift(c):
         lst = c.of.list
         n = lst.size
         if n == 0:
             out = b"" if as_bytes else []
+        elif n <= 64 and not as_bytes:  # small lists: struct beats numpy's set-up cost
+            addr = ctypes.addressof(lst.data.contents)
+            out = [v for (v,) in small_unpack.iter_unpack(string_at(addr, n * VAL_SIZE))]
         else:
             buf = (ctypes.c_uint8 * (n * VAL_SIZE)).from_address(ctypes.addressof(lst.data.contents))
             arr = np.frombuffer(buf, dt)[offset::stride]
@@ -136,6 +171,16 @@ def _dense(elem_kind: str, dtype: str) -> Ty:
         return out
 
     def lower(v, p):
+        if not as_bytes and len(v) <= 64:
+            n = len(v)
+            raw = ffi.wasmtime_component_vallist_t()
+            ffi.wasmtime_component_vallist_new_uninit(raw, n)
+            if n:
+                data = b"".join([small_pack.pack(k_elem, x) for x in v])
+                memmove(ctypes.addressof(raw.data.contents), data, len(data))
+            p.kind = _K["LIST"]
+            p.of.list = raw
+            return
         if as_bytes:
             arr = np.frombuffer(bytes(v), np.uint8)
         else:
@@ -148,7 +193,7 @@ def _dense(elem_kind: str, dtype: str) -> Ty:
             view = np.frombuffer(buf, np.uint8).reshape(n, VAL_SIZE)
             view[:, 0] = k_elem
             view[:, 8:8 + dt.itemsize] = arr.astype(dt, copy=False).view(np.uint8).reshape(n, -1)
-        c = p.contents
+        c = p
         c.kind = _K["LIST"]
         c.of.list = raw
 
@@ -186,8 +231,8 @@ def LIST(elem: Ty) -> Ty:
         raw = ffi.wasmtime_component_vallist_t()
         ffi.wasmtime_component_vallist_new_uninit(raw, len(v))
         for i, e in enumerate(v):
-            el_lower(e, ctypes.pointer(raw.data[i]))
-        c = p.contents
+            el_lower(e, raw.data[i])
+        c = p
         c.kind = _K["LIST"]
         c.of.list = raw
 
@@ -218,8 +263,8 @@ def TUPLE(*elems: Ty) -> Ty:
         raw = ffi.wasmtime_component_valtuple_t()
         ffi.wasmtime_component_valtuple_new_uninit(raw, len(lowers))
         for i, (f, e) in enumerate(zip(lowers, v)):
-            f(e, ctypes.pointer(raw.data[i]))
-        c = p.contents
+            f(e, raw.data[i])
+        c = p
         c.kind = _K["TUPLE"]
         c.of.tuple = raw
 
@@ -264,13 +309,13 @@ def OPTION(inner: Ty) -> Ty:
         return v
 
     def lower(v, p):
-        c = p.contents
+        c = p
         c.kind = _K["OPTION"]
         if v is None:
             c.of.option = None
         else:
             raw = ffi.wasmtime_component_val_t()
-            inner.lower(v, ctypes.pointer(raw))
+            inner.lower(v, raw)
             c.of.option = ffi.wasmtime_component_val_new(byref(raw))
 
     return Ty(f"option<{inner.name}>", lift, lower)
@@ -289,19 +334,19 @@ def RESULT(ok: Ty | None) -> Ty:
     """result<ok, string> (or result<_, string> when ok is None); lowering only."""
 
     def lower(v, p):
-        c = p.contents
+        c = p
         c.kind = _K["RESULT"]
         raw = ffi.wasmtime_component_val_t()
         if isinstance(v, Err):
             c.of.result.is_ok = False
-            STRING.lower(v.message, ctypes.pointer(raw))
+            STRING.lower(v.message, raw)
             c.of.result.val = ffi.wasmtime_component_val_new(byref(raw))
         else:
             c.of.result.is_ok = True
             if ok is None:
                 c.of.result.val = None
             else:
-                ok.lower(v, ctypes.pointer(raw))
+                ok.lower(v, raw)
                 c.of.result.val = ffi.wasmtime_component_val_new(byref(raw))
 
     def lift(c):
@@ -342,38 +387,50 @@ class _Current(threading.local):
 current = _Current()
 
 
-def _make_sync(fn: Callable, lifts: list[Callable], result: "Ty | None", is_result: bool):
-    """One C callback per import, its converters bound in the closure."""
-    n = len(lifts)
-    lower = result.lower if result is not None else None
+_RAW_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                 ctypes.c_void_p, ctypes.c_size_t)
+
+
+def _make_sync(fn: Callable, params: list[Ty], result: "Ty | None", is_result: bool):
+    """One C callback per import, its converters bound in the closure.
+
+    The callback takes raw addresses (ctypes builds no pointer objects per call); scalar
+    arguments and results are read and written in place.
+    """
+    n = len(params)
+    lifts = [p.lift_at for p in params]
+    lower = result.lower_at if result is not None else None
     lift0 = lifts[0] if n >= 1 else None
     lift1 = lifts[1] if n >= 2 else None
+    get_data = ffi.wasmtime_context_get_data
+    ctx_ptr = POINTER(ffi.wasmtime_context_t)
 
     def impl(idx, context, ty_raw, args, nargs, results, nresults):
         try:
             st = current.state
             if st is None:
-                st = state_of(context)
+                st = _wv._unintern(get_data(ctypes.cast(context, ctx_ptr)))
             try:
                 if n == 0:
                     r = fn(st)
                 elif n == 1:
-                    r = fn(st, lift0(args[0]))
+                    r = fn(st, lift0(args))
                 elif n == 2:
-                    r = fn(st, lift0(args[0]), lift1(args[1]))
+                    r = fn(st, lift0(args), lift1(args + VAL_SIZE))
                 else:
-                    r = fn(st, *[lift(args[i]) for i, lift in enumerate(lifts)])
+                    r = fn(st, *[lift(args + i * VAL_SIZE) for i, lift in enumerate(lifts)])
             except GuestError as e:
                 if not is_result:
                     raise
                 r = Err(str(e))
             if lower is not None:
                 lower(r, results)
-            return 0
+            return None
         except BaseException as e:  # noqa: BLE001 - becomes a guest trap, never a host crash
             return _error_ptr(f"host call failed: {type(e).__name__}: {e}")
 
-    return ffi.wasmtime_component_func_callback_t(impl)
+    return _RAW_CALLBACK(impl)
 
 
 def _call_host(fn, params, is_result, state, args):
@@ -394,7 +451,7 @@ def _cont_poll(key):
     if fut.cancelled() or fut.exception() is not None:
         return False  # the driver sees the failure and abandons the call
     if ent[1] is not None:
-        ent[1].lower(fut.result(), ent[2])
+        ent[1].lower(fut.result(), ent[2][0])
     return True
 
 
@@ -445,6 +502,13 @@ def _async_impl(idx, context, ty_raw, args, nargs, results, nresults, error_ret,
     cont[0].finalizer = _cont_finalize
 
 
+_add_func_raw = ffi.dll.wasmtime_component_linker_instance_add_func
+_add_func_raw = ctypes.CFUNCTYPE(  # the same symbol, declared to take our raw callback type
+    POINTER(ffi.wasmtime_error_t), POINTER(ffi.wasmtime_component_linker_instance_t),
+    ctypes.c_char_p, ctypes.c_size_t, _RAW_CALLBACK, ctypes.c_void_p,
+    ctypes.CFUNCTYPE(None, ctypes.c_void_p))(ctypes.cast(_add_func_raw, ctypes.c_void_p).value)
+
+
 def add_func(linker_instance: Any, name: str, fn: Callable, params: list[Ty], result: Ty | None,
              *, is_async: bool = False) -> None:
     """Register `fn(state, *args)` as import `name` with pre-bound converters."""
@@ -458,11 +522,10 @@ def add_func(linker_instance: Any, name: str, fn: Callable, params: list[Ty], re
             linker_instance.ptr(), ctypes.create_string_buffer(b), len(b), _async_impl, idx,
             _noop_finalize)
     else:
-        cb = _make_sync(fn, lifts, result, is_result)
+        cb = _make_sync(fn, list(params), result, is_result)
         _CALLBACKS.append(cb)  # the C side holds a raw pointer: keep the thunk alive
-        err = ffi.wasmtime_component_linker_instance_add_func(
-            linker_instance.ptr(), ctypes.create_string_buffer(b), len(b), cb, idx,
-            _noop_finalize)
+        err = _add_func_raw(linker_instance.ptr(), ctypes.create_string_buffer(b), len(b), cb,
+                            idx, _noop_finalize)
     if err:
         raise WasmtimeError._from_ptr(err)
 
@@ -470,7 +533,27 @@ def add_func(linker_instance: Any, name: str, fn: Callable, params: list[Ty], re
 # --- driving guest calls from asyncio -----------------------------------------------------
 
 
+_runnable = [0]
+
+
+def runnable_guests() -> int:
+    """Guests on this loop that are running or ready to run (not parked on a host future).
+
+    A batcher that waits until this is zero collects every guest that is about to submit
+    work: the cohort of a batch is complete when nobody can still join it.
+    """
+    return _runnable[0]
+
+
 async def _drive(call_future, state) -> None:
+    _runnable[0] += 1
+    try:
+        await _drive_runnable(call_future, state)
+    finally:
+        _runnable[0] -= 1
+
+
+async def _drive_runnable(call_future, state) -> None:
     """Poll a wasmtime call future; park on the host future the guest is waiting for."""
     poll = ffi.wasmtime_call_future_poll
     while True:
@@ -485,7 +568,11 @@ async def _drive(call_future, state) -> None:
         if p is not None:
             state.pending = None
             if not p.done():
-                await asyncio.wait((p,))
+                _runnable[0] -= 1
+                try:
+                    await asyncio.wait((p,))
+                finally:
+                    _runnable[0] += 1
             if p.cancelled():
                 raise asyncio.CancelledError
             exc = p.exception()
@@ -514,7 +601,7 @@ async def instantiate_async(linker: Any, store: Any, component: Any) -> Any:
 async def call_run_async(store: Any, func: Any, arg: str) -> tuple[bool, str]:
     """Call the guest's `run(input: string) -> result<string, string>`; (ok, payload)."""
     params = (ffi.wasmtime_component_val_t * 1)()
-    STRING.lower(arg, ctypes.pointer(params[0]))
+    STRING.lower(arg, params[0])
     result = ffi.wasmtime_component_val_t()
     err = POINTER(ffi.wasmtime_error_t)()
     fut = ffi.wasmtime_component_func_call_async(

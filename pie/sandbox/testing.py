@@ -6,8 +6,9 @@ up to that row, so greedy decoding depends on the whole prefix (forks, snapshots
 accounting mistakes show up as different tokens). It keeps real page accounting (a forward
 pass that writes past the reserved pages fails, as the real scheduler's does), namespaces
 snapshots by user, checks that a process only touches its own contexts, and batches
-concurrent `forward` calls: a batch fires once an event-loop turn passes with no new request,
-and `batches` records every batch's size.
+concurrent `forward` calls: a batch fires once an event-loop turn passes with no new request
+and no guest is still running (`abi.runnable_guests()`, bounded by `cohort_wait_s`), and
+`batches` records every batch's size.
 
 `FakeTokenizer` is byte-level plus three ChatML specials. Used by the sandbox and process
 tests and by `bench/sandbox.py`; `reference_greedy` computes what greedy decoding must yield.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pie.ipc.messages import RowResult
+from pie.sandbox.abi import runnable_guests
 from pie.sched.api import ContextInfo, EngineError, ForwardRequest, ModelInfo
 
 IM_START, IM_END, EOT = 256, 257, 258
@@ -113,7 +115,8 @@ class FakeEngine:
     """A deterministic EngineService; see the module docstring."""
 
     def __init__(self, name: str = "fake", page_size: int = 16, total_pages: int = 1 << 16,
-                 max_model_len: int = 8192, forward_delay_s: float = 0.0) -> None:
+                 max_model_len: int = 8192, forward_delay_s: float = 0.0,
+                 cohort_wait_s: float = 0.05) -> None:
         self.info = ModelInfo(name=name, arch="fake", vocab_size=VOCAB, page_size=page_size,
                               max_model_len=max_model_len, eos_token_ids=(EOT,),
                               stop_token_ids=(IM_END, EOT), bos_token_id=None)
@@ -131,6 +134,8 @@ class FakeEngine:
         self._queue: list[tuple[asyncio.Future, str, ForwardRequest]] = []
         self._flush_scheduled = False
         self._seen = 0
+        self._first_idle: float | None = None
+        self.cohort_wait_s = cohort_wait_s
 
     # --- processes -----------------------------------------------------------------------
 
@@ -271,8 +276,17 @@ class FakeEngine:
         loop = asyncio.get_running_loop()
         if len(self._queue) != self._seen:  # still arriving: wait one more loop turn
             self._seen = len(self._queue)
+            self._first_idle = None
             loop.call_soon(self._flush)
             return
+        if runnable_guests() > 0:  # a guest still running may join: wait, but not forever
+            now = loop.time()
+            if self._first_idle is None:
+                self._first_idle = now
+            if now - self._first_idle < self.cohort_wait_s:
+                loop.call_soon(self._flush)
+                return
+        self._first_idle = None
         batch, self._queue = self._queue, []
         self._flush_scheduled = False
         self.batches.append(len(batch))
