@@ -207,7 +207,7 @@ def test_probes_match_float64(backend, device):
     d_ids = np.frombuffer(rows[1].dist_ids, np.int32)
     d_probs = np.frombuffer(rows[1].dist_probs, np.float32)
     np.testing.assert_array_equal(d_ids, torch.topk(q, 5).indices.numpy())
-    np.testing.assert_allclose(d_probs, q[d_ids].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(d_probs, q[d_ids.astype(np.int64)].numpy(), rtol=1e-5)
     n_allowed = int(allowed[2].sum())
     assert len(np.frombuffer(rows[2].dist_ids, np.int32)) == n_allowed  # k=0: all allowed tokens
     assert len(np.frombuffer(rows[3].dist_ids, np.int32)) == int(allowed[3].sum())  # k > V

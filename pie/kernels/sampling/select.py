@@ -52,7 +52,10 @@ def _select_kernel(Z, Temp, Seeds, Out, V, stride_z, NUM_BLOCKS, BLOCK: tl.const
             z = tl.load(Z + row * stride_z + idx, mask=idx < V, other=float("-inf"))
             mb = tl.max(z, 0)
             shift = tl.where(mb == float("-inf"), 0.0, mb)
-            lse = shift + tl.log(tl.sum(tl.exp(z - shift), 0))
+            mass = tl.sum(tl.exp(z - shift), 0)
+            lse = tl.where(
+                mass > 0.0, shift + tl.log(tl.where(mass > 0.0, mass, 1.0)), float("-inf")
+            )
             score = lse + tl.max(gumbel_noise_tl(seed, tl.full([1], -1, tl.int32) - b), 0)
             better = score > best
             best_at = tl.where(better, b, best_at)
