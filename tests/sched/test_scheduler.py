@@ -404,3 +404,19 @@ def test_stats_report_histogram_and_percentiles():
             assert st["latency_s"] > 0 and s.balance("p") == 8.0
 
     run(body())
+
+
+def test_scheduler_implements_the_engine_service_protocol():
+    import inspect
+
+    from pie.sched import EngineService
+
+    for name, proto in vars(EngineService).items():
+        if name.startswith("_") or not callable(proto):
+            continue
+        impl = getattr(Scheduler, name)
+        assert inspect.iscoroutinefunction(impl) == inspect.iscoroutinefunction(proto), name
+        want = list(inspect.signature(proto).parameters)
+        assert list(inspect.signature(impl).parameters) == want, name
+    s = make()
+    assert s.info.page_size == PS and s.tokenizer is not None
