@@ -1,0 +1,4 @@
+"""Compute kernels of the worker: paged attention (`attention`) and the sampling pipeline
+(`sampling`). Each has Triton kernels for CUDA, a plain-torch path for every other device and a
+float64 reference for tests; callers use the dispatching entry points only. See docs/kernels.md.
+"""
