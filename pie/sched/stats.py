@@ -42,6 +42,7 @@ class SchedulerStats:
         self.queue_wait: deque[float] = deque(maxlen=_WINDOW)  # seconds, arrival -> first sent
         self.batch_latency: deque[float] = deque(maxlen=_WINDOW)  # seconds, submit -> result
         self.latency_ewa = 0.0  # seconds per batch, exponentially weighted (alpha 0.1)
+        self._cache: tuple[tuple[int, ...], dict] | None = None
 
     def record_batch(self, size: int, tokens: int, outputs: int, latency: float) -> None:
         self.batches += 1
@@ -53,6 +54,13 @@ class SchedulerStats:
         self.histogram[max(b, 0)] += 1
 
     def as_dict(self) -> dict:
+        # inferlets may poll observables every step: recompute only after a new batch
+        key = (self.batches, self.requests, self.timeouts, self.failures, self.chunks)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._compute())
+        return dict(self._cache[1])
+
+    def _compute(self) -> dict:
         return {
             "batches": self.batches,
             "requests": self.requests,
