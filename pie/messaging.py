@@ -16,7 +16,7 @@ from collections import defaultdict, deque
 class Subscription:
     """Messages broadcast on one topic after it was opened, buffered until read."""
 
-    def __init__(self, hub: "MessageHub", topic: str, max_buffer: int) -> None:
+    def __init__(self, hub: MessageHub, topic: str, max_buffer: int) -> None:
         self.hub = hub
         self.topic = topic
         self._buffer: deque[str] = deque(maxlen=max_buffer)

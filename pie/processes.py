@@ -21,8 +21,9 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pie.messaging import MessageHub
 from pie.programs import Program
@@ -110,7 +111,7 @@ class ProcessManager:
                 self._finish(proc, "error", payload)
         except asyncio.CancelledError:
             self._finish(proc, "error", getattr(proc, "_cancel_reason", "terminated"))
-        except (SandboxError, Exception) as e:  # noqa: BLE001 - every failure ends the process
+        except (SandboxError, Exception) as e:
             msg = str(e) if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, SandboxError):
                 log.exception("inferlet %s failed in the host", proc.pid)
@@ -119,7 +120,7 @@ class ProcessManager:
             for eng in self.engines.values():
                 try:
                     eng.unregister_process(proc.pid)
-                except Exception:  # noqa: BLE001 - cleanup must reach every engine
+                except Exception:
                     log.exception("unregister_process(%s) failed", proc.pid)
             if proc.guest is not None:
                 proc.guest.close()
@@ -170,7 +171,7 @@ class ProcessManager:
         if proc.on_event is not None:
             try:
                 proc.on_event(proc.pid, kind, value)
-            except Exception:  # noqa: BLE001 - a broken client callback must not kill the guest
+            except Exception:
                 log.exception("event callback failed for %s", proc.pid)
         else:
             proc.buffer.append((kind, value))
@@ -191,7 +192,7 @@ class ProcessManager:
             kind, value = proc.buffer.popleft()
             try:
                 on_event(pid, kind, value)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("event callback failed for %s", pid)
 
     def detach(self, pid: str) -> None:

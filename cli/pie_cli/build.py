@@ -7,7 +7,7 @@ Registered by `pie_cli.main`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,11 +16,12 @@ def register(app: typer.Typer) -> None:
     @app.command("build")
     def build(
         path: Annotated[Path, typer.Argument(help="Inferlet directory (with Pie.toml) or .py file.")] = Path("."),
-        output: Annotated[Optional[Path], typer.Option(
+        output: Annotated[Path | None, typer.Option(
             "--output", "-o", help="Directory for the artifact (default: <path>/dist).")] = None,
     ) -> None:
         """Pack a Python inferlet into <name>-<version>.zip plus its manifest."""
-        from pie.sandbox.package import PackageError, build as pack
+        from pie.sandbox.package import PackageError
+        from pie.sandbox.package import build as pack
         from pie_cli.errors import UserError
 
         try:

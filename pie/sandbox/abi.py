@@ -26,8 +26,9 @@ import ctypes
 import itertools
 import struct
 import threading
+from collections.abc import Callable
 from ctypes import POINTER, byref
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from wasmtime import WasmtimeError
@@ -67,7 +68,7 @@ class Ty:
     a struct view).
     """
 
-    __slots__ = ("name", "lift", "lower", "lift_at", "lower_at")
+    __slots__ = ("lift", "lift_at", "lower", "lower_at", "name")
 
     def __init__(self, name: str, lift: Callable, lower: Callable,
                  lift_at: Callable | None = None, lower_at: Callable | None = None) -> None:
@@ -392,7 +393,7 @@ _RAW_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void
                                  ctypes.c_void_p, ctypes.c_size_t)
 
 
-def _make_sync(fn: Callable, params: list[Ty], result: "Ty | None", is_result: bool):
+def _make_sync(fn: Callable, params: list[Ty], result: Ty | None, is_result: bool):
     """One C callback per import, its converters bound in the closure.
 
     The callback takes raw addresses (ctypes builds no pointer objects per call); scalar

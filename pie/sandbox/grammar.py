@@ -86,13 +86,13 @@ class Grammar:
         self.pattern = pattern
 
     @staticmethod
-    def from_regex(pattern: str) -> "Grammar":
+    def from_regex(pattern: str) -> Grammar:
         if len(pattern) > _MAX_PATTERN:
             raise GrammarError(f"regular expressions are limited to {_MAX_PATTERN} characters")
         return Grammar(pattern)
 
     @staticmethod
-    def from_json_schema(schema: str) -> "Grammar":
+    def from_json_schema(schema: str) -> Grammar:
         try:
             s = json.loads(schema)
         except ValueError as e:
@@ -100,7 +100,7 @@ class Grammar:
         return Grammar(_schema_regex(s))
 
     @staticmethod
-    def any_json() -> "Grammar":
+    def any_json() -> Grammar:
         return Grammar(_any_json(3))
 
 

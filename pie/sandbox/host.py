@@ -16,17 +16,36 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from pie.ipc.messages import RowResult, SamplerSpec
 from pie.messaging import MessageHub, Subscription
-from pie.sched.api import EngineError, EngineService, ForwardRequest
 from pie.sandbox import grammar as _grammar
-from pie.sandbox.abi import (BOOL, BYTES, F32, F64, LIST, LIST_F32, LIST_U32, OPTION, RECORD,
-                             RESULT, S32, S64, STRING, TUPLE, U32, U64, GuestError, Ty)
+from pie.sandbox.abi import (
+    BOOL,
+    BYTES,
+    F32,
+    F64,
+    LIST,
+    LIST_F32,
+    LIST_U32,
+    OPTION,
+    RECORD,
+    RESULT,
+    S32,
+    S64,
+    STRING,
+    TUPLE,
+    U32,
+    U64,
+    GuestError,
+    Ty,
+)
+from pie.sched.api import EngineError, EngineService, ForwardRequest
 
 VERSION = "0.1.0"
 EventSink = Callable[[str, object], None]
@@ -46,7 +65,7 @@ class GuestState:
     files: list[tuple[str, bytes]] = field(default_factory=list)  # program sources
     entry: tuple[str, str] = ("main:main", "input")
     sdk_files: list[tuple[str, bytes]] = field(default_factory=list)
-    launcher: Callable[[str, str], "asyncio.Future[str]"] | None = None
+    launcher: Callable[[str, str], asyncio.Future[str]] | None = None
     pending: Any = None  # the host future the guest's fiber is parked on (abi driver)
     return_value: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -754,4 +773,4 @@ IMPORTS: list[tuple[str, str, Callable, list[Ty], Ty | None, bool]] = [
     ("poll", "release", pl_release, [U32], None, False),
 ]
 
-__all__ = ["GuestState", "IMPORTS", "IFACE", "VERSION", "OPTION"]
+__all__ = ["IFACE", "IMPORTS", "OPTION", "VERSION", "GuestState"]

@@ -19,9 +19,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from pie.paths import runner_cache_dir
 
@@ -76,7 +76,8 @@ def build(progress: Callable[[str], None] = log.info) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".wasm", dir=out.parent)
     os.close(fd)
     try:
-        res = subprocess.run(cmd + ["-o", tmp], capture_output=True, text=True, cwd=out.parent)
+        res = subprocess.run(cmd + ["-o", tmp], capture_output=True, text=True,
+                             cwd=out.parent, check=False)
         if res.returncode != 0:
             tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[:20])
             raise RunnerBuildError(f"building the Python runner failed:\n{tail}")

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import os
 import shutil
 import threading
-import time
 import zipfile
-import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime import _ffi as ffi
@@ -55,7 +55,7 @@ class RuntimePolicy:
     network_allowed_hosts: tuple[str, ...] = ("*",)
 
     @classmethod
-    def of(cls, cfg: Any) -> "RuntimePolicy":
+    def of(cls, cfg: Any) -> RuntimePolicy:
         if cfg is None:
             return cls()
         if isinstance(cfg, dict):
@@ -166,7 +166,7 @@ class Sandbox:
             self._ticker.join(timeout=1)
             self._ticker = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -263,7 +263,7 @@ class Sandbox:
             if self.wall_time_limit_s is not None:
                 try:
                     return await asyncio.wait_for(coro, self.wall_time_limit_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return False, (f"the inferlet ran longer than its wall-time limit "
                                    f"({self.wall_time_limit_s:g} s) and was stopped")
             return await coro

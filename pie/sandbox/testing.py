@@ -106,7 +106,7 @@ class _Ctx:
     working_pages: int = 0
     bid: float = 0.0
 
-    def copy(self, pid: str | None) -> "_Ctx":
+    def copy(self, pid: str | None) -> _Ctx:
         return _Ctx(pid, list(self.committed), list(self.working), self.committed_pages,
                     self.working_pages, self.bid)
 
@@ -384,7 +384,7 @@ def make_program(source: str | bytes, name: str = "test", version: str = "0.1.0"
 
 
 async def run_inferlet(source: str | bytes, input: dict | str | None = None, *,
-                       engine: "FakeEngine | None" = None, runtime_cfg=None,
+                       engine: FakeEngine | None = None, runtime_cfg=None,
                        user: str = "tester", **sandbox_kw):
     """Run one inferlet to its end through a ProcessManager; (kind, value, events)."""
     import json as _json

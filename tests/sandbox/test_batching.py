@@ -6,7 +6,7 @@ import json
 
 from pie.processes import ProcessManager
 from pie.sandbox.sandbox import Sandbox
-from pie.sandbox.testing import EOT, IM_END, FakeEngine, make_program, reference_greedy
+from pie.sandbox.testing import FakeEngine, make_program, reference_greedy
 
 LOOP = """
 import inferlet

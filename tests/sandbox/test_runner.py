@@ -5,8 +5,14 @@ import io
 import json
 import zipfile
 
-from pie.sandbox.testing import (EOT, IM_END, FakeEngine, FakeTokenizer, reference_greedy,
-                                 run_inferlet)
+from pie.sandbox.testing import (
+    EOT,
+    IM_END,
+    FakeEngine,
+    FakeTokenizer,
+    reference_greedy,
+    run_inferlet,
+)
 
 CHAT = """
 import inferlet

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 from types import SimpleNamespace
 
 from pie.processes import ProcessManager
@@ -186,7 +185,7 @@ async def main(input):
         await pm.shutdown()
         return a_out, b_out, c_out
 
-    a_out, (bk, bv), (ck, cv) = asyncio.run(go())
+    a_out, (bk, bv), (_, cv) = asyncio.run(go())
     assert a_out == ("return", "owner done")
     assert bk == "return", bv
     assert all(v.startswith("refused") for v in json.loads(bv).values()), bv

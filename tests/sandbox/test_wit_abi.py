@@ -18,11 +18,11 @@ def _strip_comments(text: str) -> str:
 def _wit_funcs() -> dict[tuple[str, str], tuple[list[str], str]]:
     text = _strip_comments((Path(WIT_DIR) / "inferlet.wit").read_text())
     out = {}
-    for m in re.finditer(r"interface ([\w-]+) \{(.*?)\n\}", text, re.S):
+    for m in re.finditer(r"interface ([\w-]+) \{(.*?)\n\}", text, re.DOTALL):
         iface, body = m.group(1), m.group(2)
         aliases = dict(re.findall(r"type ([\w-]+) = ([^;]+);", body))
         records = {}
-        for r in re.finditer(r"record ([\w-]+) \{(.*?)\}", body, re.S):
+        for r in re.finditer(r"record ([\w-]+) \{(.*?)\}", body, re.DOTALL):
             fields = re.findall(r"([\w-]+): ([^,]+),", r.group(2))
             records[r.group(1)] = "record{" + ", ".join(f for f, _ in fields) + "}"
 
@@ -34,7 +34,7 @@ def _wit_funcs() -> dict[tuple[str, str], tuple[list[str], str]]:
                 t = re.sub(rf"(?<![\w-]){r}(?![\w-])", v, t)
             return t.replace("result<_, string>", "result<_, string>")
 
-        for f in re.finditer(r"([\w-]+): func\((.*?)\)(?: -> ([^;]+))?;", body, re.S):
+        for f in re.finditer(r"([\w-]+): func\((.*?)\)(?: -> ([^;]+))?;", body, re.DOTALL):
             params = [norm(p.split(":", 1)[1]) for p in _split(f.group(2))]
             result = norm(f.group(3)) if f.group(3) else "none"
             out[(iface, f.group(1))] = (params, result)

@@ -5,8 +5,14 @@ import json
 import re
 from pathlib import Path
 
-from pie.sandbox.testing import (EOT, IM_END, FakeEngine, FakeTokenizer, reference_greedy,
-                                 run_inferlet)
+from pie.sandbox.testing import (
+    EOT,
+    IM_END,
+    FakeEngine,
+    FakeTokenizer,
+    reference_greedy,
+    run_inferlet,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "sdk" / "python" / "examples"
 

@@ -9,12 +9,19 @@ import numpy as np
 
 from pie.processes import ProcessManager
 from pie.sandbox.sandbox import Sandbox
-from pie.sandbox.testing import (EOT, IM_END, FakeEngine, fake_logits, make_program,
-                                 reference_greedy, run_inferlet)
+from pie.sandbox.testing import (
+    EOT,
+    IM_END,
+    FakeEngine,
+    fake_logits,
+    make_program,
+    reference_greedy,
+    run_inferlet,
+)
 
 
 def _run(src, inp=None, **kw):
-    kind, value, events = asyncio.run(run_inferlet(src, inp, **kw))
+    kind, value, _ = asyncio.run(run_inferlet(src, inp, **kw))
     assert kind == "return", value
     return json.loads(value) if value[:1] in "[{" else value
 

@@ -12,7 +12,8 @@ Called by the runner (`run_main`) and by every awaiting SDK function (`wait_for`
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from wit_world.imports import poll as _poll
 

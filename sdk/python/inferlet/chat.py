@@ -62,7 +62,7 @@ class Decoder:
         full = self.text()
         if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
             return Idle()
-        delta = full[len(self._emitted):] if full.startswith(self._emitted) else full
+        delta = full.removeprefix(self._emitted)
         self._emitted = full
         return Delta(delta) if delta else Idle()
 

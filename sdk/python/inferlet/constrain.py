@@ -16,15 +16,15 @@ class Grammar:
         self._h = handle
 
     @staticmethod
-    def from_regex(pattern: str) -> "Grammar":
+    def from_regex(pattern: str) -> Grammar:
         return Grammar(call(_inf.grammar_from_regex, pattern))
 
     @staticmethod
-    def from_json_schema(schema: str) -> "Grammar":
+    def from_json_schema(schema: str) -> Grammar:
         return Grammar(call(_inf.grammar_from_json_schema, schema))
 
     @staticmethod
-    def json() -> "Grammar":
+    def json() -> Grammar:
         return Grammar(call(_inf.grammar_json))
 
 

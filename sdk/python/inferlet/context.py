@@ -37,30 +37,30 @@ class Context:
 
     # --- chat fills (no engine work until the next pass) ----------------------------------
 
-    def _fill(self, role: str, content: str) -> "Context":
+    def _fill(self, role: str, content: str) -> Context:
         msgs = self._messages + [(role, content)]
         text = self.model.render_chat(msgs, False)
-        self._text += text[len(self._rendered):] if text.startswith(self._rendered) else text
+        self._text += text.removeprefix(self._rendered)
         self._messages, self._rendered = msgs, text
         return self
 
-    def system(self, text: str) -> "Context":
+    def system(self, text: str) -> Context:
         return self._fill("system", text)
 
-    def user(self, text: str) -> "Context":
+    def user(self, text: str) -> Context:
         return self._fill("user", text)
 
-    def assistant(self, text: str) -> "Context":
+    def assistant(self, text: str) -> Context:
         return self._fill("assistant", text)
 
-    def cue(self) -> "Context":
+    def cue(self) -> Context:
         """Open the assistant turn (the template's generation prompt)."""
         full = self.model.render_chat(self._messages, True)
         self._text += full[len(self._rendered):]
         self._rendered = full
         return self
 
-    def seal(self) -> "Context":
+    def seal(self) -> Context:
         """Close a generated assistant turn: nothing to add when it ended on a stop token."""
         return self
 
@@ -73,7 +73,7 @@ class Context:
             self._text += full[len(kv_text):]
         self._rendered = full
 
-    def append(self, tokens: list[int] | str) -> "Context":
+    def append(self, tokens: list[int] | str) -> Context:
         """Append raw tokens (or text) to the pending input."""
         if isinstance(tokens, str):
             self._text += tokens
@@ -171,20 +171,20 @@ class Context:
 
     # --- structure -------------------------------------------------------------------------
 
-    async def fork(self) -> "Context":
+    async def fork(self) -> Context:
         """A copy sharing this context's KV; pending (unflushed) input is copied too."""
         self._check()
         child = Context(self.model, _handle=call(_ctx.fork, self._h))
         child._copy_pending_from(self)
         return child
 
-    def fork_sync(self) -> "Context":
+    def fork_sync(self) -> Context:
         self._check()
         child = Context(self.model, _handle=call(_ctx.fork, self._h))
         child._copy_pending_from(self)
         return child
 
-    def _copy_pending_from(self, other: "Context") -> None:
+    def _copy_pending_from(self, other: Context) -> None:
         self._buffer = list(other._buffer)
         self._text = other._text
         self._messages = list(other._messages)
@@ -197,11 +197,11 @@ class Context:
         call(_ctx.save, self._h, name)
 
     @staticmethod
-    def open(model: Model, name: str) -> "Context":
+    def open(model: Model, name: str) -> Context:
         return Context(model, _handle=call(_ctx.open, model._h, name))
 
     @staticmethod
-    def take(model: Model, name: str) -> "Context":
+    def take(model: Model, name: str) -> Context:
         return Context(model, _handle=call(_ctx.take, model._h, name))
 
     @staticmethod
@@ -237,7 +237,7 @@ class Context:
         if self._released:
             raise PieError("this context was released; create or fork a new one")
 
-    def __enter__(self) -> "Context":
+    def __enter__(self) -> Context:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -57,7 +57,7 @@ class Forward:
     the tokens added with `input`/`input_at`; sampler and probe indices count all of them.
     """
 
-    def __init__(self, ctx: "Context") -> None:
+    def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._tokens: list[int] = []
         self._positions: list[int] | None = []
@@ -65,26 +65,26 @@ class Forward:
         self._attn: list[list[int]] = []
         self._mask: list[int] = []
 
-    def input(self, tokens: list[int]) -> "Forward":
+    def input(self, tokens: list[int]) -> Forward:
         """Append tokens at the next positions after the context's sequence."""
         start = self._ctx.seq_len + len(self._ctx._buffer) + len(self._tokens)
         self._positions.extend(range(start, start + len(tokens)))
         self._tokens.extend(tokens)
         return self
 
-    def input_at(self, tokens: list[int], positions: list[int]) -> "Forward":
+    def input_at(self, tokens: list[int], positions: list[int]) -> Forward:
         if len(tokens) != len(positions):
             raise ValueError("input_at needs one position per token")
         self._tokens.extend(tokens)
         self._positions.extend(positions)
         return self
 
-    def attention_mask(self, rows: list[list[int]]) -> "Forward":
+    def attention_mask(self, rows: list[list[int]]) -> Forward:
         """One BRLE row per input token over the context's KV slots."""
         self._attn = [list(r) for r in rows]
         return self
 
-    def mask(self, brle: list[int]) -> "Forward":
+    def mask(self, brle: list[int]) -> Forward:
         """A vocabulary mask (BRLE) applied before every sampler of this pass."""
         self._mask = list(brle)
         return self

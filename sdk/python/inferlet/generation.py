@@ -8,7 +8,8 @@ still pending (a later fill or flush writes it).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._errors import PieError
 from .forward import Output
@@ -41,7 +42,7 @@ class StepOutput:
 
 
 class GenStep:
-    def __init__(self, gen: "Generator") -> None:
+    def __init__(self, gen: Generator) -> None:
         self._gen = gen
 
     async def execute(self) -> StepOutput:
@@ -78,7 +79,7 @@ class Generator:
     def tokens_generated(self) -> int:
         return len(self.generated)
 
-    def __aiter__(self) -> "Generator":
+    def __aiter__(self) -> Generator:
         return self
 
     async def __anext__(self) -> GenStep:
@@ -120,7 +121,7 @@ class Generator:
         return list(self.generated)
 
     async def collect_text(self, on_text: Callable[[str], Any] | None = None) -> str:
-        from .chat import Decoder, Delta, Done
+        from .chat import Decoder, Delta
 
         dec = Decoder(self.ctx.model, stop=self.stop)
         async for step in self:

@@ -41,7 +41,7 @@ class Subscription:
         h = await _loop.wait_for(call(_msg.next, self._h))
         return call(_poll.take_string, h)
 
-    def __aiter__(self) -> "Subscription":
+    def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> str:
@@ -54,7 +54,7 @@ class Subscription:
             self._closed = True
             _msg.unsubscribe(self._h)
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc: object) -> None:

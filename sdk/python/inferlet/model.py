@@ -11,7 +11,7 @@ from ._errors import call
 class Tokenizer:
     """Encode and decode text for one model; the vocabulary lives on the host."""
 
-    def __init__(self, model: "Model") -> None:
+    def __init__(self, model: Model) -> None:
         self._h = model._h
 
     def encode(self, text: str) -> list[int]:
@@ -39,12 +39,12 @@ class Model:
         self._tokenizer: Tokenizer | None = None
 
     @staticmethod
-    def load(name: str | None = None) -> "Model":
+    def load(name: str | None = None) -> Model:
         """Bind to a served model by its configured name (None or "" = the default)."""
         return Model(call(_model.load, name or ""))
 
     @staticmethod
-    def default() -> "Model":
+    def default() -> Model:
         return Model.load()
 
     def tokenizer(self) -> Tokenizer:

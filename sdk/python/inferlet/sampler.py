@@ -20,32 +20,32 @@ class Sampler:
     seed: int = 0
 
     @staticmethod
-    def argmax() -> "Sampler":
+    def argmax() -> Sampler:
         return Sampler()
 
     greedy = argmax
 
     @staticmethod
-    def multinomial(temperature: float = 1.0, seed: int = 0) -> "Sampler":
+    def multinomial(temperature: float = 1.0, seed: int = 0) -> Sampler:
         return Sampler(temperature=temperature, seed=seed)
 
     @staticmethod
-    def top_p(temperature: float = 1.0, p: float = 0.9, seed: int = 0) -> "Sampler":
+    def top_p(temperature: float = 1.0, p: float = 0.9, seed: int = 0) -> Sampler:
         return Sampler(temperature=temperature, p=p, seed=seed)
 
     @staticmethod
-    def top_k(temperature: float = 1.0, k: int = 50, seed: int = 0) -> "Sampler":
+    def top_k(temperature: float = 1.0, k: int = 50, seed: int = 0) -> Sampler:
         return Sampler(temperature=temperature, k=k, seed=seed)
 
     @staticmethod
-    def min_p(temperature: float = 1.0, p: float = 0.05, seed: int = 0) -> "Sampler":
+    def min_p(temperature: float = 1.0, p: float = 0.05, seed: int = 0) -> Sampler:
         return Sampler(temperature=temperature, mp=p, seed=seed)
 
     @staticmethod
-    def top_k_top_p(temperature: float = 1.0, k: int = 50, p: float = 0.9, seed: int = 0) -> "Sampler":
+    def top_k_top_p(temperature: float = 1.0, k: int = 50, p: float = 0.9, seed: int = 0) -> Sampler:
         return Sampler(temperature=temperature, k=k, p=p, seed=seed)
 
-    def with_seed(self, seed: int) -> "Sampler":
+    def with_seed(self, seed: int) -> Sampler:
         return replace(self, seed=seed)
 
 
@@ -61,25 +61,25 @@ class Probe:
     kind: str = "distribution"
 
     @staticmethod
-    def distribution(k: int = 0, temperature: float = 1.0) -> "Probe":
+    def distribution(k: int = 0, temperature: float = 1.0) -> Probe:
         """Top-k (ids, probabilities) after temperature; k = 0 is the whole vocabulary."""
         return Probe(dist_k=k, temperature=temperature, kind="distribution")
 
     @staticmethod
-    def logits() -> "Probe":
+    def logits() -> Probe:
         """The raw logits row as float32 little-endian bytes."""
         return Probe(raw_logits=True, kind="logits")
 
     @staticmethod
-    def logprob(token: int) -> "Probe":
+    def logprob(token: int) -> Probe:
         return Probe(logprob_ids=(token,), kind="logprob")
 
     @staticmethod
-    def logprobs(tokens: list[int]) -> "Probe":
+    def logprobs(tokens: list[int]) -> Probe:
         return Probe(logprob_ids=tuple(tokens), kind="logprobs")
 
     @staticmethod
-    def entropy() -> "Probe":
+    def entropy() -> Probe:
         return Probe(entropy_=True, kind="entropy")
 
 

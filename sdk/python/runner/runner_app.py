@@ -54,9 +54,9 @@ import unicodedata  # noqa: F401
 import uuid  # noqa: F401
 
 import inferlet  # noqa: F401  (the SDK, pre-initialized in the snapshot)
-import inferlet._loop as _loop
 import wit_world
 from componentize_py_types import Err
+from inferlet import _loop
 from wit_world.imports import runner as _runner
 
 _BAKED = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] == "inferlet"}
@@ -91,7 +91,7 @@ class _SourceImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if is_pkg:
             module.__path__ = []
         module.__file__ = path
-        exec(compile(data, path, "exec"), module.__dict__)
+        exec(compile(data, path, "exec"), module.__dict__)  # noqa: S102 - running it is the point
 
 
 def _install(files: dict[str, bytes]) -> _SourceImporter:

@@ -29,7 +29,7 @@ def calc(expression: str) -> str:
         raise ValueError("unsupported expression")
     try:
         return str(ev(ast.parse(expression, mode="eval").body))
-    except Exception as e:  # the tool's failure is information for the model
+    except Exception as e:  # noqa: BLE001 - the failure is information for the model
         return f"error: {e}"
 
 
