@@ -239,3 +239,26 @@ async def main(input):
     out = json.loads(value)
     assert out.pop("after") == 3
     assert set(out.values()) == {"error"}, out
+
+
+def test_wasm_max_instances_caps_live_guests():
+    wait = "import inferlet\nasync def main(input):\n    return await inferlet.session.receive()\n"
+
+    async def go():
+        eng = FakeEngine()
+        pm = ProcessManager({"fake": eng}, None, sandbox=Sandbox(_cfg(wasm_max_instances=1)))
+        a = await pm.launch(make_program(wait), "{}", "u", lambda *x: None)
+        await asyncio.sleep(0.05)
+        b = await pm.launch(make_program(OK), "{}", "u", lambda *x: None)
+        b_out = await pm.wait(b)
+        pm.signal(a, "done")
+        a_out = await pm.wait(a)
+        c = await pm.launch(make_program(OK), "{}", "u", lambda *x: None)
+        c_out = await pm.wait(c)
+        await pm.shutdown()
+        return a_out, b_out, c_out, eng
+
+    a_out, (bk, bv), c_out, eng = asyncio.run(go())
+    assert a_out == ("return", "done") and c_out == ("return", "fine")
+    assert bk == "error" and "wasm_max_instances" in bv
+    assert len(eng.unregistered) == 3
