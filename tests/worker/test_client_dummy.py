@@ -277,3 +277,20 @@ def test_probes_unknown_stages_and_oversize_results():
             assert r.error == "" and len(as_array(r.rows[1].logits, "float32")) == VOCAB
 
     run(main())
+
+
+def test_idle_worker_parks():
+    """A worker with nothing to do burns (almost) no CPU: it parks after its spin window."""
+    psutil = pytest.importorskip("psutil")
+
+    async def main():
+        async with await WorkerClient.start(spec()) as c:
+            await c.submit(Health(1))
+            proc = psutil.Process(c.pids[0])
+            before = proc.cpu_times()
+            await asyncio.sleep(1.0)
+            after = proc.cpu_times()
+            used = (after.user + after.system) - (before.user + before.system)
+            assert used < 0.1, f"an idle worker used {used:.2f} s of CPU in 1 s"
+
+    run(main())

@@ -250,3 +250,46 @@ def test_swap_out_and_in_restores_the_kv(loop, workers):
         assert clobbered.error == ""  # (its token may or may not differ; the restore must not)
 
     loop.run_until_complete(main())
+
+
+def test_attention_and_logit_masks_on_the_real_model(loop, workers):
+    """An explicit causal mask gives the default result, a mask that hides the prompt changes
+    it, and a logit mask confines the token."""
+    from descriptor_factory import replace
+
+    tp1 = workers[0]
+    n = len(PROMPT_A)
+
+    async def main():
+        plain = await tp1.submit(batch(500, [Req(PROMPT_A, 0, [1, 2])]))
+        causal = await tp1.submit(
+            replace(batch(501, [Req(PROMPT_A, 0, [1, 2])]), **_causal_mask_fields(n))
+        )
+        assert causal.error == "" and causal.tokens == plain.tokens
+        # every token sees only itself: a different context, so (almost surely) another token
+        runs = []
+        for j in range(n):
+            runs += [j, 1]
+        blind = replace(
+            batch(502, [Req(PROMPT_A, 0, [1, 2])]),
+            mask_runs=to_bytes(runs, "uint32"),
+            mask_indptr=to_bytes(list(range(0, 2 * n + 1, 2)), "int32"),
+        )
+        r = await tp1.submit(blind)
+        assert r.error == "" and r.tokens != plain.tokens
+        top = int(as_array(plain.tokens, "int32")[0])
+        allowed = [top + 1, top + 3] if top + 3 < 49152 else [top - 3, top - 1]
+        lo = allowed[0]
+        masked = await tp1.submit(batch(503, [Req(PROMPT_A, 0, [1, 2], logit_mask=[lo, 1, 1, 1])]))
+        assert masked.error == ""
+        assert int(as_array(masked.tokens, "int32")[0]) in allowed
+
+    loop.run_until_complete(main())
+
+
+def _causal_mask_fields(n: int) -> dict:
+    runs, indptr = [], [0]
+    for j in range(n):
+        runs += [0, j + 1]  # nothing masked, then j+1 visible slots
+        indptr.append(len(runs))
+    return {"mask_runs": to_bytes(runs, "uint32"), "mask_indptr": to_bytes(indptr, "int32")}
