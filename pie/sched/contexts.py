@@ -269,14 +269,26 @@ class ContextManager:
         ctx.inflight.append((start, start + n))
         return start
 
-    def end_write(self, ctx: Context, start: int, end: int, ok: bool) -> None:
-        """Mark a forward pass finished; a failed pass at the tail is rolled back."""
+    def end_write(self, ctx: Context, start: int, end: int, ok: bool) -> list[tuple[int, int]]:
+        """Mark a forward pass finished. A failed pass is rolled back together with every later
+        pass of the context (they were written on top of it); returns those later ranges, whose
+        passes the caller must fail.
+        """
         try:
             ctx.inflight.remove((start, end))
         except ValueError:
-            return
-        if not ok and ctx.alive and end == ctx.kv_len and end - start <= ctx.working_tokens:
-            self._cut(ctx, end - start)
+            return []
+        if ok or not ctx.alive:
+            return []
+        later = [r for r in ctx.inflight if r[0] >= end]
+        for r in later:
+            ctx.inflight.remove(r)
+        # commits need computed slots and truncation needs no pass in flight, so every slot
+        # from `start` on is still a working slot claimed by this pass or a later one
+        n = ctx.kv_len - start
+        assert 0 <= n <= ctx.working_tokens, (start, ctx.kv_len, ctx.working_tokens)
+        self._cut(ctx, n)
+        return later
 
     # --- named snapshots ----------------------------------------------------------------------
 

@@ -518,7 +518,14 @@ class Scheduler:
             p.future.set_result(p.results)  # type: ignore[arg-type]
 
     def _finish_failed(self, p: PendingForward, err: Exception) -> None:
-        self.kv.end_write(p.ctx, p.start, p.end, ok=False)
+        later = self.kv.end_write(p.ctx, p.start, p.end, ok=False)
+        if later:
+            # queued passes of the same context were built on this one: they fail with it
+            # (and are dropped from the queue by the next selection)
+            cause = EngineError(f"an earlier forward pass of this context failed: {err}")
+            for q in self._queue:
+                if q.ctx is p.ctx and (q.start, q.end) in later and not q.future.done():
+                    q.future.set_exception(cause)
         self._forget(p)
         rec = self.admission.processes.get(p.pid)
         if rec is not None:

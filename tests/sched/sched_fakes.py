@@ -76,6 +76,7 @@ class FakeWorker:
         self.spans: list[tuple[float, float, int]] = []  # (start, end, requests) per batch
         self.dead = False
         self.error = ""
+        self.fail_next = 0  # this many coming batches fail
 
     async def submit(self, msg: object) -> BatchResult:
         if self.dead:
@@ -95,6 +96,9 @@ class FakeWorker:
                 return BatchResult(batch_id=msg.batch_id)
             assert isinstance(msg, BatchDescriptor)
             self.batches.append(msg)
+            if self.fail_next:
+                self.fail_next -= 1
+                return BatchResult(batch_id=msg.batch_id, error="injected failure")
             if self.error:
                 return BatchResult(batch_id=msg.batch_id, error=self.error)
             out = self._run(msg)

@@ -150,3 +150,26 @@ def test_loop_idles_while_only_suspended_contexts_wait():
             await asyncio.wait_for(pending, 1)
 
     run(body())
+
+
+def test_a_failed_pass_fails_the_passes_built_on_it():
+    async def body():
+        w = FakeWorker(page_size=PS, latency=0.01)
+        async with make(w) as s:
+            await s.register_process("p", "alice")
+            c = await new_ctx(s, "p")
+            await c.fill([1, 2, 3])
+            await c.ensure(6)
+            w.fail_next = 1
+            sampler = [(0, SamplerSpec())]
+            first = asyncio.ensure_future(s.forward("p", ForwardRequest(c.id, [4, 5], [3, 4])))
+            second = asyncio.ensure_future(s.forward("p", ForwardRequest(c.id, [6], [5], sampler)))
+            with pytest.raises(EngineError, match="injected failure"):
+                await first
+            with pytest.raises(EngineError, match="an earlier forward pass of this context failed"):
+                await second
+            assert s.context_info("p", c.id).working_tokens == 3
+            assert len(w.batches) == 2  # the prefill and the failed one: the dependent never ran
+            await c.fill([4, 5, 6])  # outputs still match the (rolled back) history
+
+    run(body())
