@@ -65,3 +65,12 @@ def test_generate_bad_model_is_one_line(runner, tmp_path):
     res = runner.invoke(app, ["generate", "hi", "-m", str(tmp_path / "nope.gguf"), "-q"])
     assert res.exit_code == 1
     assert "nope.gguf does not exist" in res.output and "Traceback" not in res.output
+
+
+def test_cli_modules_do_not_import_torch():
+    """`pie --version` and friends must not pay for torch because these verbs exist."""
+    import subprocess
+    import sys
+
+    code = "import sys, pie_cli.model, pie_cli.generate, pie.model; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
