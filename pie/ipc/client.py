@@ -278,6 +278,8 @@ class WorkerClient:
     # --- failure ----------------------------------------------------------------------------
 
     def _on_exit(self, proc: Any) -> None:
+        if self._resp is not None and not self._closed:
+            self._drain()  # results written before the exit are still good
         self._unwatch()
         if self._stopping or self._closed or self._dead is not None:
             return
