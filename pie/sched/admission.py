@@ -115,6 +115,13 @@ class Admission:
             self.claimed += claim
             fut.set_result(None)
 
+    def close(self, reason: str) -> None:
+        """Fail every process still waiting for admission."""
+        waiters, self._waiters = self._waiters, deque()
+        for fut, _ in waiters:
+            if not fut.done():
+                fut.set_exception(EngineError(reason))
+
     def leave(self, pid: str) -> ProcessRecord | None:
         rec = self.processes.pop(pid, None)
         if rec is not None:

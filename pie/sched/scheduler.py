@@ -152,6 +152,7 @@ class Scheduler:
                 pass
             self._task = None
         self._fail_queued(EngineError(self._dead))
+        self.admission.close(self._dead)
 
     async def __aenter__(self) -> Self:
         self.start()

@@ -173,3 +173,17 @@ def test_a_failed_pass_fails_the_passes_built_on_it():
             await c.fill([4, 5, 6])  # outputs still match the (rolled back) history
 
     run(body())
+
+
+def test_close_fails_processes_waiting_for_admission():
+    async def body():
+        s = make(max_procs=1)
+        s.start()
+        await s.register_process("a", "u")
+        waiting = asyncio.ensure_future(s.register_process("b", "u"))
+        await asyncio.sleep(0.01)
+        await s.close()
+        with pytest.raises(EngineError, match="shutting down"):
+            await waiting
+
+    run(body())
