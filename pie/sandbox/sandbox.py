@@ -258,7 +258,9 @@ class Sandbox:
                 coro = self._run_fiber(store, component, input)
             else:
                 state.loop = asyncio.get_running_loop()
-                store.set_epoch_deadline(1 << 62)
+                # a thread cannot be cancelled: the wall-time limit becomes an epoch trap
+                limit = self.wall_time_limit_s
+                store.set_epoch_deadline(max(1, int(limit / self.tick_s)) if limit else 1 << 62)
                 coro = asyncio.to_thread(self._run_thread, store, component, input)
             if self.wall_time_limit_s is not None:
                 try:
@@ -315,6 +317,9 @@ def _hop(fn: Callable) -> Callable:
     """Thread mode: run a host function on the event loop and block the guest's thread."""
 
     def call(state: GuestState, *args: Any) -> Any:
+        if state.closed:  # terminated: trap the guest at its next host call
+            raise SandboxError("the inferlet was stopped")
+
         async def on_loop():
             r = fn(state, *args)
             if asyncio.isfuture(r) or asyncio.iscoroutine(r):
