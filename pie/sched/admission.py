@@ -85,7 +85,7 @@ class Admission:
             except BaseException:
                 if entry in self._waiters:
                     self._waiters.remove(entry)
-                elif fut.done() and not fut.cancelled():
+                elif fut.done() and not fut.cancelled() and fut.exception() is None:
                     # admitted just as we were cancelled: hand the slot on
                     self._reserved -= 1
                     self.claimed -= claim
