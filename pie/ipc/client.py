@@ -24,11 +24,13 @@ No torch here: the controller never imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any, Self
@@ -42,6 +44,25 @@ from pie.ipc.spec import WorkerSpec
 
 _POLL_FULL_S = 0.0002  # how often a submit waiting on a full ring looks again
 _SHUTDOWN_BATCH_ID = -(2**62)
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Keep `spawn` from re-running the parent's __main__ in the worker.
+
+    The worker needs nothing from it (its entry is `pie.worker.main.worker_main`), and
+    re-running it breaks for scripts without an `if __name__ == "__main__"` guard (they would
+    start workers recursively) and for code read from stdin.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    try:
+        main.__dict__.pop("__file__", None)
+        main.__dict__["__spec__"] = None
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 class WorkerDied(RuntimeError):
@@ -128,7 +149,8 @@ class WorkerClient:
                     name=f"pie-worker-{spec.name}-{rank}",
                     daemon=True,
                 )
-                proc.start()
+                with _main_module_hidden():
+                    proc.start()
                 send.close()
                 if rank == 0:
                     bell_send.close()

@@ -294,3 +294,21 @@ def test_idle_worker_parks():
             assert used < 0.1, f"an idle worker used {used:.2f} s of CPU in 1 s"
 
     run(main())
+
+
+def test_a_script_without_a_main_guard_can_start_workers(tmp_path):
+    """spawn must not re-run the caller's script in the worker (it would recurse)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import asyncio\n"
+        "from pie.ipc.client import WorkerClient\n"
+        "from pie.ipc.spec import WorkerSpec\n"
+        "async def main():\n"
+        "    c = await WorkerClient.start(WorkerSpec(driver='dummy', options={'vocab_size': 10}))\n"
+        "    print('ready', c.info.vocab_size)\n"
+        "    await c.close()\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ready", "10"]
