@@ -210,8 +210,9 @@ class LlamaModel(nn.Module):
                 )
             return src.get(name)
 
-        def rows(t: torch.Tensor, heads: int) -> torch.Tensor:
-            per = t.shape[0] // n if heads == 0 else heads // n * d
+        def rows(t: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+            # this rank's output rows: its heads (heads given) or an even slice (MLP)
+            per = (heads // n) * d if heads is not None else t.shape[0] // n
             return t[r * per : (r + 1) * per]
 
         def cols(t: torch.Tensor) -> torch.Tensor:
@@ -266,12 +267,12 @@ class LlamaModel(nn.Module):
                 put(layer.k_norm, load(a + "k_norm.weight"), a + "k_norm.weight")
             m = p + "mlp."
             gate_up = torch.cat(
-                [rows(load(m + "gate_proj.weight"), 0), rows(load(m + "up_proj.weight"), 0)]
+                [rows(load(m + "gate_proj.weight")), rows(load(m + "up_proj.weight"))]
             )
             put(layer.gate_up_weight, gate_up, m + "gate_up_proj.weight")
             if layer.gate_up_bias is not None:
                 bias = torch.cat(
-                    [rows(load(m + "gate_proj.bias"), 0), rows(load(m + "up_proj.bias"), 0)]
+                    [rows(load(m + "gate_proj.bias")), rows(load(m + "up_proj.bias"))]
                 )
                 put(layer.gate_up_bias, bias, m + "gate_up_proj.bias")
             put(layer.down_weight, cols(load(m + "down_proj.weight")), m + "down_proj.weight")
