@@ -215,6 +215,25 @@ class _Segment:
             self._mmap.close()
 
 
+def _check_shm_space(size: int, where: str = "/dev/shm") -> None:
+    """Refuse a segment the shared-memory filesystem cannot hold.
+
+    tmpfs accepts the size up front and kills the process with SIGBUS on first touch beyond
+    its capacity (containers often mount a 64 MiB /dev/shm), so check before creating.
+    """
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return  # no /dev/shm to inspect (not Linux): let the OS decide
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise RingError(
+            f"a ring needs {size / 2**20:.1f} MiB of shared memory but {where} has "
+            f"{free / 2**20:.1f} MiB free; lower the ring_slots or ring_slot_bytes driver "
+            f"options, or enlarge {where} (docker: --shm-size=1g)"
+        )
+
+
 def _align(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
@@ -296,6 +315,7 @@ class Ring:
         if not 0 < slot_bytes < 2**32 - 64:
             raise ValueError(f"slot size must be between 1 byte and 4 GiB, got {slot_bytes}")
         size = cls.layout_bytes(num_slots, slot_bytes, num_readers)
+        _check_shm_space(size)
         seg = _Segment(name or unique_name(tag), size)
         u32 = seg.buf.cast("I")
         u32[_W_SLOTS] = num_slots

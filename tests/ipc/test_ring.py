@@ -233,3 +233,12 @@ def test_parked_reader_is_woken_by_a_write():
     assert elapsed < 0.09, (
         f"a parked reader took {elapsed * 1e3:.1f} ms to wake (park slice is 100 ms)"
     )
+
+
+def test_a_ring_larger_than_shared_memory_is_refused_up_front():
+    st = os.statvfs("/dev/shm")
+    slots = st.f_bavail * st.f_frsize // 2**31 + 2  # more 2 GiB slots than /dev/shm holds
+    with pytest.raises(
+        RingError, match=r"MiB of shared memory but /dev/shm has .* ring_slot_bytes"
+    ):
+        Ring.create(num_slots=slots, slot_bytes=2**31, num_readers=1)
