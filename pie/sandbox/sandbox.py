@@ -132,6 +132,7 @@ class Sandbox:
         self._linker: Linker | None = None
         self._runner: Component | None = None
         self._components: dict[str, Component] = {}
+        self._prepared: dict[tuple, tuple] = {}  # program sources, split once per payload
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._sdk_files = runner.sdk_sources() if not python_snapshot else []
@@ -237,7 +238,14 @@ class Sandbox:
         return w, scratch
 
     def prepare_python(self, state: GuestState, payload: bytes, entry: str, call: str) -> None:
-        state.files, state.entry = python_program(payload, entry, call)
+        key = (hashlib.sha256(payload).digest(), entry, call)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = python_program(payload, entry, call)
+            if len(self._prepared) >= 256:
+                self._prepared.pop(next(iter(self._prepared)))
+            self._prepared[key] = prepared
+        state.files, state.entry = prepared
         state.sdk_files = self._sdk_files
 
     async def run(self, state: GuestState, component: Component, input: str) -> tuple[bool, str]:

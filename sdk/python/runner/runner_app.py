@@ -49,6 +49,7 @@ import sys
 import textwrap  # noqa: F401
 import time  # noqa: F401
 import traceback
+import types
 import typing  # noqa: F401
 import unicodedata  # noqa: F401
 import uuid  # noqa: F401
@@ -111,10 +112,19 @@ class WitWorld(wit_world.WitWorld):
                     if name.split(".")[0] == "inferlet":
                         del sys.modules[name]
                 sdk_importer = _install(sdk)
-            importer = _install(dict(_runner.program_files()))
+            files = dict(_runner.program_files())
             entry, style = _runner.program_entry()
             module_name, _, func_name = entry.partition(":")
-            module = importlib.import_module(module_name)
+            if len(files) == 1 and module_name + ".py" in files:
+                # a single-file program: no import machinery needed
+                module = types.ModuleType(module_name)
+                module.__file__ = module_name + ".py"
+                sys.modules[module_name] = module
+                exec(compile(files[module.__file__], module.__file__, "exec"),  # noqa: S102
+                     module.__dict__)
+            else:
+                importer = _install(files)
+                module = importlib.import_module(module_name)
             fn = getattr(module, func_name or "main", None)
             if fn is None:
                 raise Err(f"the inferlet has no entry function {func_name or 'main'!r} in "
