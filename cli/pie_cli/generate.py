@@ -21,11 +21,11 @@ from pie_cli.errors import UserError, register_user_error
 
 def generate(
     prompt: str = typer.Argument(..., help="The user message."),
-    model: str = typer.Option(
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    model: str | None = typer.Option(
+        None,
         "--model",
         "-m",
-        help="HF repo id, model directory or .gguf file.",
+        help="HF repo id, model directory or .gguf file (default: the first [[model]] of the config).",
     ),
     max_tokens: int = typer.Option(
         256, "--max-tokens", "-n", min=1, help="Most tokens to generate."
@@ -56,6 +56,10 @@ def generate(
         if not quiet:
             typer.echo(msg, err=True)
 
+    if model is None:
+        from pie.config import load_config
+
+        model = load_config().models[0].hf_repo
     t0 = time.perf_counter()
     note(f"loading {model} ...")
     lm = load_model(model, dtype=dtype)

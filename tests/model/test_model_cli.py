@@ -72,5 +72,19 @@ def test_cli_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, pie_cli.model, pie_cli.generate, pie.model; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, pie_cli.model, pie_cli.generate, pie.model; assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generate_defaults_to_the_configured_model(runner, tmp_path, monkeypatch, tiny_checkpoints):
+    from pie.config import default_config, write_config
+
+    monkeypatch.setenv("PIE_HOME", str(tmp_path / "home"))
+    cfg = default_config(cuda=False)
+    cfg.models[0].hf_repo = str(tiny_checkpoints["mistral"])
+    write_config(cfg, tmp_path / "home" / "config.toml")
+    res = runner.invoke(app, ["generate", "hi", "--max-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert "loaded mistral" in res.output
