@@ -452,7 +452,11 @@ def _cont_poll(key):
     if fut.cancelled() or fut.exception() is not None:
         return False  # the driver sees the failure and abandons the call
     if ent[1] is not None:
-        ent[1].lower(fut.result(), ent[2][0])
+        try:
+            ent[1].lower(fut.result(), ent[2][0])
+        except BaseException as e:  # noqa: BLE001 - a result that cannot cross: fail the guest
+            ent[3].fault = e
+            return False
     return True
 
 
@@ -477,8 +481,8 @@ async def _as_result(aw):
 def _async_impl(idx, context, ty_raw, args, nargs, results, nresults, error_ret, cont):
     fn, params, result, is_result = _FUNCS[idx]
     loop = asyncio.get_running_loop()
+    st = current.state
     try:
-        st = current.state
         if st is None:
             st = state_of(context)
         r = _call_host(fn, params, is_result, st, args)
@@ -497,7 +501,7 @@ def _async_impl(idx, context, ty_raw, args, nargs, results, nresults, error_ret,
         fut.set_result(None)
         result = None
     key = next(_ids)
-    _PENDING[key] = [fut, result, results]
+    _PENDING[key] = [fut, result, results, st]
     cont[0].callback = _cont_poll
     cont[0].env = key
     cont[0].finalizer = _cont_finalize
@@ -565,6 +569,10 @@ async def _drive_runnable(call_future, state) -> None:
             current.state = None
         if done:
             return
+        fault = getattr(state, "fault", None)
+        if fault is not None:
+            state.fault = None
+            raise RuntimeError(f"a host result could not be passed to the guest: {fault}")
         p = state.pending
         if p is not None:
             state.pending = None

@@ -116,7 +116,7 @@ class FakeEngine:
 
     def __init__(self, name: str = "fake", page_size: int = 16, total_pages: int = 1 << 16,
                  max_model_len: int = 8192, forward_delay_s: float = 0.0,
-                 cohort_wait_s: float = 0.05) -> None:
+                 cohort_wait_s: float = 0.25) -> None:
         self.info = ModelInfo(name=name, arch="fake", vocab_size=VOCAB, page_size=page_size,
                               max_model_len=max_model_len, eos_token_ids=(EOT,),
                               stop_token_ids=(IM_END, EOT), bos_token_id=None)
