@@ -42,7 +42,8 @@ from pie.ipc.messages import BatchResult, Request, Response, Shutdown, WorkerInf
 from pie.ipc.ring import Ring
 from pie.ipc.spec import WorkerSpec
 
-_POLL_FULL_S = 0.0002  # how often a submit waiting on a full ring looks again
+_POLL_FULL_S = 0.0001  # first re-check of a full request ring; doubles up to the max
+_POLL_FULL_MAX_S = 0.005
 _SHUTDOWN_BATCH_ID = -(2**62)
 
 
@@ -248,10 +249,12 @@ class WorkerClient:
         fut = self._loop.create_future()
         async with self._write_lock:
             ring = self._req.ring
+            pause = _POLL_FULL_S
             while not ring.writable():
                 if self._dead is not None:
                     raise WorkerDied(self._dead)
-                await asyncio.sleep(_POLL_FULL_S)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _POLL_FULL_MAX_S)  # a long forward pass: look less often
             if self._dead is not None:
                 raise WorkerDied(self._dead)
             self._pending[msg.batch_id] = fut
