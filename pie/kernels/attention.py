@@ -505,7 +505,10 @@ def paged_attention_triton(
     group = hq // hkv
     if q.stride(-1) != 1 or kv_layer.stride(-1) != 1:
         raise ValueError("q and kv_layer must be contiguous in head_dim")
-    out = torch.empty_like(q)
+    interp = _interpreting()
+    # the interpreter truncates fp32 -> bf16 on store instead of rounding: store fp32 there
+    out_bf16 = interp and q.dtype == torch.bfloat16
+    out = torch.empty(q.shape, dtype=torch.float32 if out_bf16 else q.dtype, device=q.device)
     num_req = plan.kv_lens.shape[0]
     if t == 0 or num_req == 0:
         return out
@@ -515,7 +518,6 @@ def paged_attention_triton(
     if pages_per_iter is None:
         pages_per_iter = max(1, 64 // page_size)
     pages_per_iter = max(pages_per_iter, -(-16 // page_size))  # tl.dot needs N >= 16
-    interp = _interpreting()
     dot_f32 = interp and (q.dtype == torch.bfloat16 or kv_layer.dtype == torch.bfloat16)
     if kv_layer.dtype != q.dtype and not dot_f32:
         dot_f32 = True  # mixed cache/query dtypes: compute the dots in fp32
@@ -556,7 +558,7 @@ def paged_attention_triton(
         DOT_F32=dot_f32,
         IEEE=(q.dtype == torch.float32 or dot_f32) and not interp,
     )
-    return out
+    return out.to(torch.bfloat16) if out_bf16 else out
 
 
 def write_kv_triton(
@@ -569,6 +571,8 @@ def write_kv_triton(
     _, _, page_size, hkv, d = kv_layer.shape
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("k and v must be contiguous in head_dim")
+    if _interpreting() and kv_layer.dtype == torch.bfloat16:
+        k, v = k.to(torch.bfloat16), v.to(torch.bfloat16)  # the interpreter truncates on store
     _write_kv_kernel[(plan.num_tokens,)](
         k,
         v,
