@@ -284,6 +284,8 @@ class Scheduler:
     async def forward(self, pid: str, req: ForwardRequest) -> list[RowResult]:
         """Queue one forward pass and wait for its outputs (one RowResult per `req.outputs`)."""
         self._check_alive()
+        if self._task is None:
+            raise EngineError("the scheduler is not running; call start() first")
         rec = self.admission.get(pid)
         ctx = self.kv.get(pid, req.ctx)
         p = self._validate(pid, ctx, req)
@@ -293,10 +295,6 @@ class Scheduler:
         except EngineError:
             self.admission.refund(rec, p.size)
             raise
-        if self._task is None:
-            self.kv.end_write(ctx, p.start, p.end, ok=False)
-            self.admission.refund(rec, p.size)
-            raise EngineError("the scheduler is not running; call start() first")
         self._queue.append(p)
         self._last_pass[ctx.id] = p
         self._arrival.set()
