@@ -82,6 +82,8 @@ def test_logit_masks_are_honoured():
             toks = as_array(r.tokens, "int32").tolist()
             assert set(toks) <= set(allowed)
             assert len(set(toks)) > 1
+            none = await c.submit(batch(2, [Req([1], 0, [0], logit_mask=[VOCAB])]))
+            assert "the logit mask of output row 0 allows no token" in none.error
 
     run(main())
 
@@ -240,10 +242,6 @@ def _alive(pid: int) -> bool:
 
 
 def test_probes_unknown_stages_and_oversize_results():
-    from pie.worker import sampling
-
-    if sampling._sample_rows is None:
-        pytest.skip("the sampling pipeline (pie.kernels.sampling.sample_rows) is not in this build")
 
     async def main():
         async with await WorkerClient.start(

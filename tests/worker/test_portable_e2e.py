@@ -212,10 +212,6 @@ def test_bad_batch_on_the_real_model_leaves_it_serving(loop, workers):
 
 
 def test_seeded_sampling_and_probes_on_the_real_model(loop, workers):
-    from pie.worker import sampling
-
-    if sampling._sample_rows is None:
-        pytest.skip("the sampling pipeline (pie.kernels.sampling.sample_rows) is not in this build")
     tp1 = workers[0]
 
     async def main():
