@@ -122,7 +122,7 @@ U32 = _scalar("U32", "u32", _u32)
 S32 = _scalar("S32", "s32", int)
 U64 = _scalar("U64", "u64", int)
 S64 = _scalar("S64", "s64", int)
-F32 = _scalar("F32", "f32", float)
+F32 = _scalar("F32", "f32", lambda v: ctypes.c_float(v).value)  # out of range -> inf
 F64 = _scalar("F64", "f64", float)
 BOOL = _scalar("BOOL", "boolean", bool)
 
