@@ -98,7 +98,7 @@ class ProcessManager:
                     await eng.register_process(proc.pid, proc.user, token_limit)
                     registered.append(eng)
                 guest = self._guest_of(proc)
-                component = self._component(proc.program, guest)
+                component = await self._component(proc.program, guest)
                 proc.state = "running"
                 ok, payload = await self.sandbox.run(guest, component, input)
             finally:
@@ -133,10 +133,10 @@ class ProcessManager:
         proc.guest = guest
         return guest
 
-    def _component(self, program: Program, guest: GuestState) -> Any:
+    async def _component(self, program: Program, guest: GuestState) -> Any:
         if program.kind == "python":
             self.sandbox.prepare_python(guest, program.payload, program.entry, program.call)
-        return self.sandbox.component_for(program.kind, program.payload, program.digest)
+        return await self.sandbox.load_component(program.kind, program.payload, program.digest)
 
     def _launch_child(self, parent: Process, ref: str, input: str) -> asyncio.Future:
         if self.resolve_program is None:

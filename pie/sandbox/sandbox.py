@@ -193,6 +193,12 @@ class Sandbox:
 
     # --- components ------------------------------------------------------------------------
 
+    async def load_component(self, kind: str, payload: bytes, digest: str = "") -> Component:
+        """Like `component_for`, compiling a new component off the event loop."""
+        if kind == "python" or (digest or hashlib.sha256(payload).hexdigest()) in self._components:
+            return self.component_for(kind, payload, digest)
+        return await asyncio.to_thread(self.component_for, kind, payload, digest)
+
     def component_for(self, kind: str, payload: bytes, digest: str = "") -> Component:
         if kind == "python":
             return self._runner
