@@ -430,14 +430,20 @@ class Scheduler:
             pass
 
     def _expire(self, now: float) -> float:
-        """Fail passes that waited past `request_timeout_secs`; returns time to the next expiry."""
+        """Fail passes that waited past `request_timeout_secs`; returns time to the next expiry.
+
+        The queue keeps arrival order and every pass has the same timeout, so deadlines grow
+        along it: only its expired prefix is visited (passes already partly sent never expire).
+        """
         nearest = self.request_timeout
-        expired = False
+        expired = 0
         for p in self._queue:
-            if p.sent == 0 and p.deadline <= now:
-                expired = True
-            else:
-                nearest = min(nearest, p.deadline - now)
+            if p.sent:
+                continue
+            if p.deadline > now:
+                nearest = p.deadline - now
+                break
+            expired += 1
         if expired:
             keep: deque[PendingForward] = deque()
             for p in self._queue:
