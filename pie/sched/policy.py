@@ -24,6 +24,10 @@ class BatchPolicy(Protocol):
 
     def decide(self, queued: int, max_size: int, now: float, first_arrival: float) -> float: ...
 
+    def fire_at(self, max_size: int) -> int:
+        """The queue length at which `decide` would fire without waiting."""
+        ...
+
     def fired(self, size: int, latency: float) -> None: ...
 
 
@@ -33,6 +37,9 @@ class GreedyPolicy:
 
     def decide(self, queued: int, max_size: int, now: float, first_arrival: float) -> float:
         return 0.0
+
+    def fire_at(self, max_size: int) -> int:
+        return 1
 
     def fired(self, size: int, latency: float) -> None:
         pass
@@ -69,6 +76,9 @@ class AdaptivePolicy:
             return 0.0
         remaining = self.last_latency - (now - first_arrival)
         return remaining if remaining > 0 else 0.0
+
+    def fire_at(self, max_size: int) -> int:
+        return 1 if self.fires == 0 else min(self.high_water, max_size)
 
     def fired(self, size: int, latency: float) -> None:
         self.fires += 1

@@ -123,6 +123,7 @@ class Scheduler:
         self._queue: deque[PendingForward] = deque()
         self._last_pass: dict[int, PendingForward] = {}  # newest queued pass per context id
         self._arrival = asyncio.Event()
+        self._wake_at = 1  # queue length at which an arrival wakes the loop (see _run)
         self._worker_lock = asyncio.Lock()
         self._op_ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -297,7 +298,8 @@ class Scheduler:
             raise
         self._queue.append(p)
         self._last_pass[ctx.id] = p
-        self._arrival.set()
+        if len(self._queue) >= self._wake_at:
+            self._arrival.set()
         try:
             return await p.future
         except asyncio.CancelledError:
@@ -397,7 +399,10 @@ class Scheduler:
                     len(self._queue), self.max_batch_size, now, self._queue[0].enqueued
                 )
                 if delay > 0:
+                    # arrivals that cannot change the decision do not wake the loop
+                    self._wake_at = self.policy.fire_at(self.max_batch_size)
                     await self._wait_arrival(min(delay, wait))
+                    self._wake_at = 1
                     continue
                 for _ in range(self.policy.settle_turns):
                     before = len(self._queue)
@@ -423,11 +428,13 @@ class Scheduler:
         self._arrival.set()
 
     async def _wait_arrival(self, timeout: float) -> None:
+        """Wait for a wake-up or `timeout` seconds (a timer, not a task per wait)."""
         self._arrival.clear()
+        timer = asyncio.get_running_loop().call_later(timeout, self._arrival.set)
         try:
-            await asyncio.wait_for(self._arrival.wait(), timeout)
-        except TimeoutError:
-            pass
+            await self._arrival.wait()
+        finally:
+            timer.cancel()
 
     def _expire(self, now: float) -> float:
         """Fail passes that waited past `request_timeout_secs`; returns time to the next expiry.

@@ -34,6 +34,7 @@ def test_adaptive_rules():
     assert p.decide(4, 8, 10.0, 10.0) == 0.0  # the cohort is in
     assert p.decide(8, 8, 10.0, 10.0) == 0.0  # a full batch
     assert p.decide(2, 8, now=10.03, first_arrival=10.0) == 0.0  # waited a whole latency
+    assert p.fire_at(8) == 4 and p.fire_at(2) == 2
     p.fired(2, 0.02)
     assert p.high_water == 3  # decays by one on a smaller fire
     p.fired(7, 0.02)
