@@ -11,6 +11,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from wit_world.imports import inference as _inf
+from wit_world.imports import poll as _poll
 
 from ._errors import call
 from .sampler import Probe, Sampler, sampler_record
@@ -25,7 +26,25 @@ class Output:
     def __init__(self, handle: int, slots: list[Sampler | Probe]) -> None:
         self._h = handle
         self._slots = slots
-        self.tokens: list[int] = list(call(_inf.tokens, handle))
+        try:
+            self.tokens: list[int] = list(call(_inf.tokens, handle))
+        except BaseException:
+            self.release()
+            raise
+        if not any(isinstance(s, Probe) for s in slots):
+            self.release()  # nothing else to read: free the host-side rows now
+
+    def release(self) -> None:
+        """Free the host-side results (probes cannot be read afterwards)."""
+        if self._h is not None:
+            _poll.release(self._h)
+            self._h = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001, S110 - the instance may be shutting down
+            pass
 
     def token(self, slot: int = 0) -> int:
         """The token chosen by sampler slot `slot` (counting only sampling slots)."""
