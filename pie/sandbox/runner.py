@@ -66,6 +66,10 @@ def wasm_path() -> Path:
 
 def build(progress: Callable[[str], None] = log.info) -> Path:
     """Build the runner component if it is not cached; returns its path."""
+    if not (WIT_DIR / "inferlet.wit").exists() or not RUNNER_DIR.exists():
+        raise RunnerBuildError(
+            f"the inferlet SDK sources are not installed (looked in {REPO_SDK}); install Pie "
+            f"from a source checkout (pip install -e .) to build the Python runner")
     out = wasm_path()
     if out.exists():
         return out

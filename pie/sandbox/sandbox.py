@@ -10,6 +10,7 @@
   on the engine parks the guest's wasmtime fiber, so every guest waiting on a forward pass can
   join one batch. `mode="thread"` is the fallback: one OS thread per guest, each host call
   hops to the loop and blocks its thread (same imports, same results, worse batching).
+  `PIE_SANDBOX_MODE=thread` selects it when the sandbox is built with no explicit mode.
 
 Called by `pie/processes.py` (`Sandbox.start`, `Sandbox.run`, `Sandbox.close`).
 """
@@ -113,13 +114,14 @@ def python_program(payload: bytes, entry: str = "main", call: str = "input",
 
 class Sandbox:
     def __init__(self, runtime_cfg: Any = None, *, python_snapshot: bool = True,
-                 mode: str = "fiber", tick_s: float = 0.01, yield_ticks: int = 1,
+                 mode: str | None = None, tick_s: float = 0.01, yield_ticks: int = 1,
                  wall_time_limit_s: float | None = None,
                  generic_imports: frozenset[str] = frozenset()) -> None:
         """`generic_imports` registers those imports through wasmtime-py's generic trampoline
         instead of the pre-bound converters (only to measure the difference)."""
+        mode = mode or os.environ.get("PIE_SANDBOX_MODE", "fiber")
         if mode not in ("fiber", "thread"):
-            raise ValueError('mode must be "fiber" or "thread"')
+            raise ValueError('the sandbox mode (PIE_SANDBOX_MODE) must be "fiber" or "thread"')
         self.policy = RuntimePolicy.of(runtime_cfg)
         self.python_snapshot = python_snapshot
         self.mode = mode
