@@ -169,7 +169,7 @@ class Sandbox:
             self._ticker.join(timeout=1)
             self._ticker = None
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Sandbox:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 from pie.processes import ProcessManager
 from pie.sandbox.sandbox import Sandbox
 from pie.sandbox.testing import make_program
-from pie.sched.scheduler import SchedulerSettings, Scheduler
+from pie.sched.scheduler import Scheduler, SchedulerSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sched"))
-from sched_fakes import FakeTokenizer, FakeWorker, expected_token, model_info  # noqa: E402
+from sched_fakes import FakeTokenizer, FakeWorker, expected_token, model_info
 
 GEN = """
 import asyncio, inferlet

@@ -19,8 +19,8 @@ async def main(input):
 
 
 def _cfg(**kw):
-    base = dict(wasm_max_instances=1000, wasm_max_memory_mb=4096, allow_fs=False,
-                fs_scratch_dir="", allow_network=False, network_allowed_hosts=["*"])
+    base = {"wasm_max_instances": 1000, "wasm_max_memory_mb": 4096, "allow_fs": False,
+            "fs_scratch_dir": "", "allow_network": False, "network_allowed_hosts": ["*"]}
     base.update(kw)
     return SimpleNamespace(**base)
 

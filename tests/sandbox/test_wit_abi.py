@@ -26,7 +26,7 @@ def _wit_funcs() -> dict[tuple[str, str], tuple[list[str], str]]:
             fields = re.findall(r"([\w-]+): ([^,]+),", r.group(2))
             records[r.group(1)] = "record{" + ", ".join(f for f, _ in fields) + "}"
 
-        def norm(t: str) -> str:
+        def norm(t: str, aliases=aliases, records=records) -> str:
             t = " ".join(t.split())
             for a, v in aliases.items():
                 t = re.sub(rf"\b{a}\b", v, t)

@@ -237,7 +237,7 @@ class Context:
         if self._released:
             raise PieError("this context was released; create or fork a new one")
 
-    def __enter__(self) -> Context:
+    def __enter__(self) -> Context:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -54,7 +54,7 @@ class Subscription:
             self._closed = True
             _msg.unsubscribe(self._h)
 
-    def __enter__(self) -> Subscription:
+    def __enter__(self) -> Subscription:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
