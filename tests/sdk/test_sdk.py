@@ -235,3 +235,36 @@ async def main(input):
         host.pl_release = real
     assert out == "true" or out is True
     assert len(seen) >= 50 and max(seen) <= 2  # never more than a pass or two outstanding
+
+
+def test_multi_turn_chat_keeps_the_template_exact():
+    src = """
+import inferlet
+async def main(input):
+    m = inferlet.Model.load()
+    tok = m.tokenizer()
+    out = {}
+    # cut: stopped by max_tokens; stop: the model ends its turn (only <|im_end|> allowed)
+    for case, kw in (("cut", {"max_tokens": 3}), ("stop", {"logit_mask": [257, 1, 2]})):
+        ctx = inferlet.Context(m)
+        ctx.user("first")
+        ctx.cue()
+        reply = await ctx.generate_tokens(inferlet.Sampler.argmax(), **kw)
+        ctx.user("second")
+        ctx.cue()
+        out[case] = [reply, tok.decode(ctx.buffer())]
+    return out
+"""
+    from pie.sandbox.testing import FakeTokenizer
+
+    tok = FakeTokenizer()
+    out = _run(src)
+    for case, (reply, pending) in out.items():
+        stop = reply[-1] if case == "stop" else None
+        assert (stop == IM_END) == (case == "stop") and (len(reply) == 3) == (case == "cut")
+        text = tok.decode([t for t in reply if t != stop])
+        convo = [{"role": "user", "content": "first"}, {"role": "assistant", "content": text},
+                 {"role": "user", "content": "second"}]
+        # the KV holds the first turn, the cue and every sampled token but the last one
+        in_kv = tok.render_chat(convo[:1], True) + tok.decode(reply[:-1])
+        assert in_kv + pending == tok.render_chat(convo, True), (case, pending)

@@ -33,6 +33,7 @@ class Context:
         self._text = ""  # pending chat text, encoded at the next pass
         self._messages: list[tuple[str, str]] = []
         self._rendered = ""
+        self._turn_open = False  # after cue(), until the generated reply is recorded
         self._released = False
 
     # --- chat fills (no engine work until the next pass) ----------------------------------
@@ -40,7 +41,10 @@ class Context:
     def _fill(self, role: str, content: str) -> Context:
         msgs = self._messages + [(role, content)]
         text = self.model.render_chat(msgs, False)
-        self._text += text.removeprefix(self._rendered)
+        if text.startswith(self._rendered):
+            self._text += text[len(self._rendered):]
+        else:  # the template re-renders earlier turns: add this message on its own
+            self._text += self.model.render_chat([(role, content)], False)
         self._messages, self._rendered = msgs, text
         return self
 
@@ -58,18 +62,31 @@ class Context:
         full = self.model.render_chat(self._messages, True)
         self._text += full[len(self._rendered):]
         self._rendered = full
+        self._turn_open = True
         return self
 
     def seal(self) -> Context:
         """Close a generated assistant turn: nothing to add when it ended on a stop token."""
         return self
 
-    def _record_reply(self, text: str, stop_token: int) -> None:
-        """Note a generated assistant turn so later fills continue the template exactly."""
-        kv_text = self._rendered + text + self.model.tokenizer().decode([stop_token])
+    def _close_turn(self, tokens: list[int], stop_token: int | None) -> None:
+        """Record a generated assistant reply so later fills continue the template exactly.
+
+        With a stop token the turn is already closed in the KV (plus whatever the template
+        puts after it, e.g. a newline, which becomes pending); without one (max_tokens) the
+        template's end of turn is added as pending text, so the next fill starts cleanly.
+        """
+        if not self._turn_open:
+            return
+        self._turn_open = False
+        tok = self.model.tokenizer()
+        body = [t for t in tokens if t != stop_token] if stop_token is not None else tokens
+        text = tok.decode(body)
+        kv_text = self._rendered + text + (tok.decode([stop_token]) if stop_token is not None
+                                           else "")
         self._messages = self._messages + [("assistant", text)]
         full = self.model.render_chat(self._messages, False)
-        if full.startswith(kv_text):  # e.g. the newline a template puts after end-of-turn
+        if full.startswith(kv_text):
             self._text += full[len(kv_text):]
         self._rendered = full
 
@@ -189,6 +206,7 @@ class Context:
         self._text = other._text
         self._messages = list(other._messages)
         self._rendered = other._rendered
+        self._turn_open = other._turn_open
         self.seq_len = other.seq_len
 
     async def save(self, name: str) -> None:

@@ -113,6 +113,8 @@ class Generator:
             self.done, self.stopped_by = True, tok
         elif len(self.generated) >= self.max_tokens:
             self.done = True
+        if self.done:
+            ctx._close_turn(self.generated, self.stopped_by)
         return StepOutput([tok], out, list(range(1, len(slots))))
 
     async def collect_tokens(self) -> list[int]:
@@ -129,10 +131,7 @@ class Generator:
             ev = dec.feed(out.tokens)
             if on_text is not None and isinstance(ev, Delta) and ev.text:
                 on_text(ev.text)
-        text = dec.text()
-        if self.stopped_by is not None:
-            self.ctx._record_reply(text, self.stopped_by)
-        return text
+        return dec.text()
 
     async def collect_json(self) -> Any:
         import json
