@@ -5,11 +5,13 @@ float32): ours through `pie.model.generator.Generator` (paged KV, one ragged bat
 transformers through `LlamaForCausalLM.generate` with the very same tensors loaded into it.
 For each batch size B, every sequence gets the same P-token prompt; greedy decoding; EOS off.
 
-    prefill tok/s = B*P / time(generate 1 token)
-    decode  tok/s = B*N / (time(generate 1+N tokens) - time(generate 1 token))
+    prefill tok/s = B*P / (time from the call to the first token)
+    decode  tok/s = B / (median time between consecutive tokens)
 
-Each figure is the median of --repeats runs, and the two systems alternate within a repeat so
-load from other processes hits both alike. Prints one table with ratios (ours / transformers).
+Token times are stamped inside each loop (our `on_token` callback, a transformers logits
+processor), so one slow step under background load does not skew the figure. Prefill is the
+median over --repeats runs, decode the median over all steps of all runs; the two systems
+alternate within a repeat. Prints one table with ratios (ours / transformers).
 
     python bench/forward.py [--batches 1,8,32,64] [--prompt-len 64] [--new-tokens 16]
                             [--repeats 3] [--threads 2] [--dtype float32]
@@ -18,6 +20,7 @@ load from other processes hits both alike. Prints one table with ratios (ours / 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -62,14 +65,33 @@ def transformers_model(spec: str, dtype: torch.dtype):
     return model
 
 
-def time_ours(gen: Generator, prompt: list[int], batch: int, new_tokens: int) -> float:
+def time_ours(
+    gen: Generator, prompt: list[int], batch: int, new_tokens: int
+) -> tuple[float, list[float]]:
+    """(prefill seconds, per-decode-step seconds) of one greedy generation."""
+    stamps: list[float] = []
+
+    def on_token(seq: int, _token: int) -> None:
+        if seq == 0:
+            stamps.append(time.perf_counter())
+
     t = time.perf_counter()
-    gen.generate([prompt] * batch, max_new_tokens=new_tokens)
-    return time.perf_counter() - t
+    gen.generate([prompt] * batch, max_new_tokens=new_tokens, on_token=on_token)
+    return stamps[0] - t, [b - a for a, b in itertools.pairwise(stamps)]
 
 
 @torch.inference_mode()
-def time_hf(model, prompt: list[int], batch: int, new_tokens: int) -> float:
+def time_hf(model, prompt: list[int], batch: int, new_tokens: int) -> tuple[float, list[float]]:
+    """The same for transformers generate: a logits processor stamps every step."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    stamps: list[float] = []
+
+    class Stamp(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            stamps.append(time.perf_counter())
+            return scores
+
     ids = torch.tensor([prompt] * batch)
     t = time.perf_counter()
     model.generate(
@@ -80,8 +102,9 @@ def time_hf(model, prompt: list[int], batch: int, new_tokens: int) -> float:
         do_sample=False,
         eos_token_id=None,
         pad_token_id=0,
+        logits_processor=LogitsProcessorList([Stamp()]),
     )
-    return time.perf_counter() - t
+    return stamps[0] - t, [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def main() -> None:
@@ -105,29 +128,33 @@ def main() -> None:
     gen = Generator(lm.model, page_size=PAGE_SIZE, num_pages=pages_per_seq * max(batches))
 
     # warm-up (allocator, oneDNN primitive caches)
-    time_ours(gen, prompt, 1, 2)
-    time_hf(hf, prompt, 1, 2)
+    time_ours(gen, prompt, 1, 3)
+    time_hf(hf, prompt, 1, 3)
 
     rows = []
     for b in batches:
-        samples: dict[str, list[float]] = {k: [] for k in ("op", "od", "hp", "hd")}
-        for _ in range(args.repeats):
-            o1 = time_ours(gen, prompt, b, 1)
-            h1 = time_hf(hf, prompt, b, 1)
-            on = time_ours(gen, prompt, b, 1 + args.new_tokens)
-            hn = time_hf(hf, prompt, b, 1 + args.new_tokens)
-            samples["op"].append(b * len(prompt) / o1)
-            samples["hp"].append(b * len(prompt) / h1)
-            samples["od"].append(b * args.new_tokens / max(on - o1, 1e-9))
-            samples["hd"].append(b * args.new_tokens / max(hn - h1, 1e-9))
-        med = {k: statistics.median(v) for k, v in samples.items()}
+        prefill: dict[str, list[float]] = {"ours": [], "hf": []}
+        steps: dict[str, list[float]] = {"ours": [], "hf": []}
+        for _ in range(args.repeats):  # alternate so background load hits both alike
+            for name, fn, model in (("ours", time_ours, gen), ("hf", time_hf, hf)):
+                p, st = fn(model, prompt, b, args.new_tokens + 1)
+                prefill[name].append(p)
+                steps[name].extend(st)
+        med = {
+            "op": b * len(prompt) / statistics.median(prefill["ours"]),
+            "hp": b * len(prompt) / statistics.median(prefill["hf"]),
+            "od": b / statistics.median(steps["ours"]),
+            "hd": b / statistics.median(steps["hf"]),
+        }
         rows.append((b, med))
 
     print(
         f"model {args.model} | {args.dtype} | threads {args.threads} | prompt {len(prompt)} tokens | "
         f"decode {args.new_tokens} tokens | median of {args.repeats}"
     )
-    print("| batch | prefill ours tok/s | prefill HF tok/s | ratio | decode ours tok/s | decode HF tok/s | ratio |")
+    print(
+        "| batch | prefill ours tok/s | prefill HF tok/s | ratio | decode ours tok/s | decode HF tok/s | ratio |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for b, m in rows:
         print(
