@@ -90,6 +90,11 @@ def parse_inferlet_args(argv: list[str]) -> dict[str, Any]:
     return out
 
 
+def _on_sigint(callback: Any) -> None:
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, callback)
+
+
 async def _run(
     engine: Any,
     ref: str | None,
@@ -113,13 +118,9 @@ async def _run(
             process = await client.launch_process(ref, payload)
         except (PieError, ProgramError) as e:
             raise UserError(str(e)) from None
-        loop = asyncio.get_running_loop()
         line_open = False  # the streamed output so far does not end with a newline
         interrupted = asyncio.Event()
-        try:
-            loop.add_signal_handler(signal.SIGINT, interrupted.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+        _on_sigint(interrupted.set)  # from now on Ctrl-C terminates the inferlet first
         try:
 
             async def pump() -> None:
@@ -152,10 +153,7 @@ async def _run(
             stop_task.cancel()
             pump_task.result()
         finally:
-            try:
-                loop.remove_signal_handler(signal.SIGINT)
-            except (NotImplementedError, RuntimeError):
-                pass
+            _on_sigint(asyncio.current_task().cancel)  # back to: Ctrl-C stops the engine
         if process.error is not None:
             sys.stderr.write(f"error: {process.error}\n")
             return 1
@@ -227,8 +225,14 @@ def register(app: typer.Typer) -> None:
         say = _Progress(quiet)
 
         async def main() -> int:
+            # handled on the loop, so Ctrl-C works even where SIGINT arrives ignored (a
+            # background job) and the engine is always stopped in order
+            _on_sigint(asyncio.current_task().cancel)
             try:
                 return await _run(engine, ref, path, manifest, payload, quiet, say)
+            except asyncio.CancelledError:
+                sys.stderr.write("\npie: interrupted\n")
+                return 130
             finally:
                 say.done()
                 await engine.stop()
