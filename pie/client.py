@@ -1,5 +1,8 @@
 """An async Python client for a Pie engine (`pie run`, the tests and users call it).
 
+    from pie.auth import load_private_key
+    from pie.client import PieClient
+
     async with PieClient("ws://127.0.0.1:8080") as client:
         await client.authenticate("alice", load_private_key("~/.ssh/id_ed25519"))
         await client.install_path("hello.py")

@@ -9,6 +9,25 @@ answered by exactly one `Response` with the same `corr_id`; `signal_process` and
 Text frames holding the same maps as JSON are accepted too (bytes fields are then base64);
 the server answers a text frame with a text frame.
 
+Requests (client -> server) and what `Response.result` holds when `ok`:
+
+    auth_identify {username}           base64 challenge, or "Authenticated (...)" when auth is off
+    auth_prove {signature}             "Authenticated" (signature: base64 over the challenge)
+    auth_by_token {token}              "Authenticated" (the engine's internal token)
+    check_program {name, version?, wasm_hash?}          "true" | "false"
+    add_program {program_hash, manifest, chunk_index, total_chunks, chunk_data,
+                 force_overwrite}      one response, after the last chunk
+    launch_process {inferlet, input, capture_outputs, token_budget?}   process id
+    launch_processes {inferlet, inputs, capture_outputs, token_budgets?}  JSON list of ids
+    run_processes {inferlet, inputs, token_budgets?}    JSON list of return values
+    attach_process {process_id}        "Attached" (buffered events follow)
+    terminate_process {process_id}     "Terminated" (the process ends with error "Signal")
+    list_processes {}                  JSON list of {id, username, program, input, elapsed_secs}
+    query {subject: "model_status"}    flat JSON of per-model statistics, "<model>.<key>"
+    ping {}                            "Pong"
+    signal_process {process_id, message}            no response
+    transfer_file {process_id, file_hash, chunk_index, total_chunks, chunk_data}   no response
+
 `pie/server.py` decodes with `decode_client` and encodes with `encode_server`; `pie/client.py`
 does the reverse with `encode_client` / `decode_server`. Nothing here does I/O.
 """
