@@ -360,6 +360,7 @@ def RESULT(ok: Ty | None) -> Ty:
 # --- registration -------------------------------------------------------------------------
 
 _FUNCS: dict[int, tuple] = {}
+_PARKS: dict[int, bool] = {}
 _CALLBACKS: list = []
 _PENDING: dict[int, list] = {}
 _ids = itertools.count(1)
@@ -494,6 +495,7 @@ def _async_impl(idx, context, ty_raw, args, nargs, results, nresults, error_ret,
             fut = loop.create_future()
             fut.set_result(r)
         st.pending = fut
+        st.parked = _PARKS[idx]
     except BaseException as e:  # noqa: BLE001
         error_ret[0] = ctypes.cast(WasmtimeError(f"host call failed: {type(e).__name__}: {e}")
                                    ._consume(), POINTER(ffi.wasmtime_error_t))
@@ -515,12 +517,18 @@ _add_func_raw = ctypes.CFUNCTYPE(  # the same symbol, declared to take our raw c
 
 
 def add_func(linker_instance: Any, name: str, fn: Callable, params: list[Ty], result: Ty | None,
-             *, is_async: bool = False) -> None:
-    """Register `fn(state, *args)` as import `name` with pre-bound converters."""
+             *, is_async: bool = False, parks: bool = False) -> None:
+    """Register `fn(state, *args)` as import `name` with pre-bound converters.
+
+    `parks` marks an async import where a guest may wait indefinitely (for a batch, a client
+    message): a guest parked there no longer counts as runnable. A guest in any other async
+    import (a fork, a page reservation) is about to continue and still counts.
+    """
     idx = next(_ids)
     is_result = result is not None and result.name.startswith("result<")
     lifts = [p.lift for p in params]
     _FUNCS[idx] = (fn, lifts, result, is_result)
+    _PARKS[idx] = parks
     b = name.encode()
     if is_async:
         err = ffi.wasmtime_component_linker_instance_add_func_async(
@@ -577,11 +585,12 @@ async def _drive_runnable(call_future, state) -> None:
         if p is not None:
             state.pending = None
             if not p.done():
-                _runnable[0] -= 1
+                parked = getattr(state, "parked", True)
+                _runnable[0] -= parked
                 try:
                     await asyncio.wait((p,))
                 finally:
-                    _runnable[0] += 1
+                    _runnable[0] += parked
             if p.cancelled():
                 raise asyncio.CancelledError
             exc = p.exception()

@@ -694,6 +694,10 @@ def pl_release(st: GuestState, h: int) -> None:
 
 # --- the declaration table ----------------------------------------------------------------
 
+# Imports where a guest may wait indefinitely (for a batch, a message); in every other
+# waiting import it is about to continue (see `abi.runnable_guests`).
+PARKING = frozenset({"wait"})
+
 _R = RESULT
 IFACE = "pie:inferlet/{}@0.1.0"
 

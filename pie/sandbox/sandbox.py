@@ -35,7 +35,7 @@ from wasmtime import _ffi as ffi
 from wasmtime.component import Component, Linker
 
 from pie.sandbox import abi, runner
-from pie.sandbox.host import IFACE, IMPORTS, GuestState
+from pie.sandbox.host import IFACE, IMPORTS, PARKING, GuestState
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ class Sandbox:
                         if name in self.generic_imports and not waits:
                             inst.add_func(name, _generic(fn))
                         elif self.mode == "fiber":
-                            abi.add_func(inst, name, fn, params, result, is_async=waits)
+                            abi.add_func(inst, name, fn, params, result, is_async=waits,
+                                         parks=name in PARKING)
                         else:
                             abi.add_func(inst, name, _hop(fn), params, result)
         return linker
