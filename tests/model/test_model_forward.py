@@ -120,3 +120,31 @@ def test_sampled_generation_is_seeded(tiny_checkpoints):
     greedy = gen.generate(prompts, 12)
     assert a == b and a != c and a != greedy
     assert all(len(x) == 12 and all(0 <= t < lm.config.vocab_size for t in x) for x in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_cuda_matches_cpu(arch, tiny_checkpoints):
+    path = str(tiny_checkpoints[arch])
+    cpu = load_model(path)
+    gpu = load_model(path, device="cuda")
+    ids = torch.tensor([4, 8, 15, 16, 23, 42, 99])
+    plan_args = ([7], [7], [[1, 3]], PAGE)
+    ref = cpu.model.forward_batch(
+        ids,
+        torch.arange(7),
+        build_plan(*plan_args),
+        cpu.model.allocate_kv(8, PAGE),
+        torch.arange(7),
+    )
+    dev = torch.device("cuda")
+    plan = build_plan(*plan_args, device="cuda")
+    got = gpu.model.forward_batch(
+        ids.to(dev),
+        torch.arange(7, device=dev),
+        plan,
+        gpu.model.allocate_kv(8, PAGE),
+        torch.arange(7, device=dev),
+    )
+    assert (got.cpu() - ref).abs().max().item() < 1e-3
