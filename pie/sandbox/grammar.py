@@ -3,9 +3,10 @@
 A `Grammar` is a compiled regular expression (JSON schemas are translated to one; "any JSON"
 is a bounded-depth expression). A `Matcher` walks it token by token: `mask()` returns the
 BRLE vocabulary mask of tokens that keep the text a prefix of some match, computed with the
-`regex` module's partial matching over the decoded vocabulary (cached per matcher state).
-This is exact for the grammar but linear in the vocabulary per step; it is meant for
-correctness, not speed.
+`regex` module's partial matching over the decoded vocabulary (grouped by first character,
+so a rejected character rules out its whole group at once; cached per matcher state).
+It is exact for the grammar; its cost grows with the number of tokens whose first character
+the grammar allows.
 
 Called by `pie/sandbox/host.py` (the `inference` grammar and matcher imports).
 """
@@ -111,6 +112,12 @@ class Vocab:
         self.size = size
         self.texts = texts
         self.stop = stop
+        # tokens grouped by first character: a character the grammar rejects rules out
+        # its whole group with one check
+        self.by_first: dict[str, list[tuple[int, str]]] = {}
+        for t, piece in texts.items():
+            if piece:
+                self.by_first.setdefault(piece[0], []).append((t, piece))
 
 
 _VOCABS: dict[int, Vocab] = {}
@@ -164,9 +171,13 @@ class Matcher:
         if self._cache is not None and self._cache[0] == self.text:
             return self._cache[1]
         allowed = [False] * self.vocab.size
-        for t, piece in self.vocab.texts.items():
-            if piece and self._viable(self.text + piece):
-                allowed[t] = True
+        text = self.text
+        for first, group in self.vocab.by_first.items():
+            if not self._viable(text + first):
+                continue
+            for t, piece in group:
+                if len(piece) == 1 or self._viable(text + piece):
+                    allowed[t] = True
         if self.is_terminated():
             for t in self.vocab.stop:
                 if t < self.vocab.size:
