@@ -52,6 +52,7 @@ class Process:
     terminal_sent: bool = False
     result: tuple[str, str] | None = None
     waiters: list[asyncio.Future] = field(default_factory=list)
+    cancel_reason: str = "terminated"
 
 
 class ProcessManager:
@@ -110,7 +111,7 @@ class ProcessManager:
             else:
                 self._finish(proc, "error", payload)
         except asyncio.CancelledError:
-            self._finish(proc, "error", getattr(proc, "_cancel_reason", "terminated"))
+            self._finish(proc, "error", proc.cancel_reason)
         except (SandboxError, Exception) as e:
             msg = str(e) if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, SandboxError):
@@ -215,7 +216,7 @@ class ProcessManager:
         proc = self._procs[pid]
         if proc.task is None or proc.task.done():
             return
-        proc._cancel_reason = reason  # type: ignore[attr-defined]
+        proc.cancel_reason = reason
         proc.task.cancel()
         await asyncio.wait([proc.task])
 
@@ -248,7 +249,7 @@ class ProcessManager:
         tasks = []
         for proc in list(self._procs.values()):
             if proc.task is not None and not proc.task.done():
-                proc._cancel_reason = "the server is shutting down"  # type: ignore[attr-defined]
+                proc.cancel_reason = "the server is shutting down"
                 proc.task.cancel()
                 tasks.append(proc.task)
         if tasks:

@@ -51,6 +51,7 @@ VERSION = "0.1.0"
 EventSink = Callable[[str, object], None]
 
 _MAX_HANDLES = 1 << 16  # per table; a guest leaking handles gets an error, not host memory
+MAX_INBOX = 10_000  # unread client messages (and files) per process
 
 
 @dataclass
@@ -67,6 +68,9 @@ class GuestState:
     sdk_files: list[tuple[str, bytes]] = field(default_factory=list)
     launcher: Callable[[str, str], asyncio.Future[str]] | None = None
     pending: Any = None  # the host future the guest's fiber is parked on (abi driver)
+    parked: bool = True  # whether that future may take indefinitely (see abi.add_func)
+    fault: BaseException | None = None  # a result that could not be passed to the guest
+    loop: asyncio.AbstractEventLoop | None = None  # thread mode: the loop host calls run on
     return_value: str | None = None
     started: float = field(default_factory=time.monotonic)
     closed: bool = False
@@ -118,6 +122,9 @@ class GuestState:
     # --- session inbox (fed by the process manager) ----------------------------------------
 
     def deliver_message(self, message: str) -> None:
+        if len(self._inbox) >= MAX_INBOX:
+            raise OverflowError(f"the inferlet has {MAX_INBOX} unread messages; it is not "
+                                f"calling session.receive()")
         while self._inbox_waiters:
             w = self._inbox_waiters.pop(0)
             if not w.done():
@@ -126,6 +133,9 @@ class GuestState:
         self._inbox.append(message)
 
     def deliver_file(self, name: str, data: bytes) -> None:
+        if len(self._file_inbox) >= MAX_INBOX:
+            raise OverflowError(f"the inferlet has {MAX_INBOX} unread files; it is not "
+                                f"calling session.receive_file()")
         while self._file_waiters:
             w = self._file_waiters.pop(0)
             if not w.done():
