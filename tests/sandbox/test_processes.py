@@ -19,6 +19,14 @@ async def main(input):
 """
 
 
+async def _until_running(pm, pid, timeout=20.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not any(p["pid"] == pid and p["state"] == "running" for p in pm.list()):
+        assert loop.time() < end, "the process never started"
+        await asyncio.sleep(0.005)
+
+
 def _pm(eng=None, **kw):
     eng = eng or FakeEngine()
     return eng, ProcessManager({"fake": eng}, None, sandbox=Sandbox(), **kw)
@@ -110,6 +118,7 @@ def test_max_concurrent_processes_queues_launches():
         _, pm = _pm(max_concurrent_processes=1)
         a = await pm.launch(make_program(src), "{}", "u", lambda *x: None)
         b = await pm.launch(make_program(src), "{}", "u", lambda *x: None)
+        await _until_running(pm, a)
         await asyncio.sleep(0.05)
         states = {p["pid"]: p["state"] for p in pm.list()}
         pm.signal(a, "A")

@@ -248,7 +248,8 @@ def test_wasm_max_instances_caps_live_guests():
         eng = FakeEngine()
         pm = ProcessManager({"fake": eng}, None, sandbox=Sandbox(_cfg(wasm_max_instances=1)))
         a = await pm.launch(make_program(wait), "{}", "u", lambda *x: None)
-        await asyncio.sleep(0.05)
+        while pm.sandbox.active == 0:  # until the first guest holds the only instance
+            await asyncio.sleep(0.005)
         b = await pm.launch(make_program(OK), "{}", "u", lambda *x: None)
         b_out = await pm.wait(b)
         pm.signal(a, "done")
