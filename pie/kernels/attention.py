@@ -35,26 +35,17 @@ import torch
 import triton
 import triton.language as tl
 
-# --- binary run-length encoding ---------------------------------------------------------------
+from pie.kernels.brle import brle_decode
 
-
-def brle_decode(runs: np.ndarray, length: int) -> np.ndarray:
-    """Decode one binary run-length encoding (runs alternate, starting with False) to a bool row.
-
-    Vectorised: the cost is O(length) numpy work, not a Python loop per run. Positions past the
-    last run are False.
-    """
-    runs = np.asarray(runs, dtype=np.int64)
-    total = int(runs.sum()) if runs.size else 0
-    if total > length:
-        raise ValueError(f"mask covers {total} positions but the row has only {length}")
-    if runs.size and int(runs.min()) < 0:
-        raise ValueError("run lengths of a mask must be non-negative")
-    values = (np.arange(runs.size) & 1).astype(bool)  # False, True, False, ...
-    out = np.zeros(length, dtype=bool)
-    out[:total] = np.repeat(values, runs)
-    return out
-
+__all__ = [
+    "AttentionPlan",
+    "brle_decode",
+    "paged_attention",
+    "paged_attention_reference",
+    "paged_attention_triton",
+    "write_kv",
+    "write_kv_triton",
+]
 
 # --- the per-batch plan -----------------------------------------------------------------------
 

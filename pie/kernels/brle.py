@@ -1,9 +1,10 @@
-"""Binary run-length encoded masks -> bool rows and packed bitmasks.
+"""Binary run-length encoded (BRLE) masks -> bool rows and packed bitmasks.
 
-The worker calls these to turn a request's BRLE logit mask (see `pie.ipc.messages`) into the
-`allowed` rows that `sample_rows` takes, or into the packed int32 bitmask the Triton mask stage
-reads. Runs alternate starting with *False*; an empty encoding means "everything allowed".
-All work is vectorised numpy/torch: no Python loop per run.
+Runs alternate starting with *False* (see `pie.ipc.messages`). `AttentionPlan.build` decodes
+attention masks with `brle_decode`; the worker turns a request's logit mask into the `allowed`
+rows of `sample_rows` with `brle_to_bool` (an empty encoding allows everything), and the Triton
+mask stage reads the packed int32 words of `pack_bitmask`. All work is vectorised numpy/torch:
+no Python loop per run.
 """
 
 from __future__ import annotations
@@ -17,8 +18,21 @@ def _check_runs(runs: np.ndarray, length: int) -> int:
     if runs.size and int(runs.min()) < 0:
         raise ValueError("run lengths of a mask must be non-negative")
     if total > length:
-        raise ValueError(f"mask covers {total} positions but the vocabulary has only {length}")
+        raise ValueError(f"mask covers {total} positions but the row has only {length}")
     return total
+
+
+def brle_decode(runs: np.ndarray, length: int) -> np.ndarray:
+    """Decode one BRLE to a bool row of `length`; positions past the last run are False.
+
+    >>> brle_decode(np.array([2, 3]), 6).tolist()
+    [False, False, True, True, True, False]
+    """
+    runs = np.asarray(runs, dtype=np.int64)
+    total = _check_runs(runs, length)
+    out = np.zeros(length, dtype=bool)
+    out[:total] = np.repeat((np.arange(runs.size) & 1).astype(bool), runs)
+    return out
 
 
 def brle_to_bool(runs: np.ndarray | bytes | list[int], length: int) -> np.ndarray:
@@ -34,10 +48,7 @@ def brle_to_bool(runs: np.ndarray | bytes | list[int], length: int) -> np.ndarra
     runs = np.asarray(runs, dtype=np.int64)
     if runs.size == 0:
         return np.ones(length, dtype=bool)
-    total = _check_runs(runs, length)
-    out = np.zeros(length, dtype=bool)
-    out[:total] = np.repeat((np.arange(runs.size) & 1).astype(bool), runs)
-    return out
+    return brle_decode(runs, length)
 
 
 def bool_to_bitmask(allowed: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ The worker calls `sample_rows(logits, specs, allowed)` once per batch; `brle_to_
 module in `stages/` (see stage.py and docs/kernels.md).
 """
 
-from pie.kernels.sampling.brle import (
+from pie.kernels.brle import (
     bool_to_bitmask,
     brle_to_bitmask,
     brle_to_bool,

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pie.kernels.sampling.brle import pack_bitmask
+from pie.kernels.brle import pack_bitmask
 from pie.kernels.sampling.rowops import launch_rows, row_block
 from pie.kernels.sampling.stage import Stage, register
 from pie.kernels.sampling.state import NEG_INF, RowParams, SamplingState
