@@ -1,24 +1,30 @@
-"""Canonical-ABI plumbing: pre-bound value converters and host-function registration.
+"""Canonical-ABI plumbing: pre-bound value converters, host-function registration, and
+driving guest calls from asyncio through wasmtime's C async API (a small ctypes layer).
 
 wasmtime-py's generic component trampoline re-reads the function type and converts every
 value through generic Python on each call (12-30 us). Here every import is declared once with
-its WIT signature (`Ty` objects built from the same vocabulary as `sdk/wit/`), and the
-callback converts arguments and results with closures chosen at declaration time, numeric
-lists in bulk through numpy views of the C value array.
+its WIT signature (`Ty` objects mirroring `sdk/wit/`), and the callback converts arguments and
+results with closures chosen at declaration time: scalars in place at their address, short
+lists with `struct`, long numeric lists through numpy views of the C value array.
 
-Two registration paths share those converters:
+`add_func` registers an import either way:
 
-* `add_sync`: a plain callback; the host function returns the value.
-* `add_async`: wasmtime's fiber-async callback; the host function may return an awaitable,
-  the guest stays parked on its fiber until it resolves, and the driver (`call_async`) awaits
-  it on the event loop. This is how a guest waiting on a forward pass yields to others.
+* sync (the default): one raw C callback per import; the host function returns the value.
+* `is_async=True`: wasmtime's fiber-async callback; the host function may return an
+  awaitable, the guest stays parked on its fiber until it resolves, and the driver
+  (`instantiate_async`, `call_run_async`) awaits it on the event loop. This is how a guest
+  waiting on a forward pass lets the others run, so all of them can join one batch.
+  `runnable_guests()` counts the guests that are not parked, for batchers.
 
 Errors: a host function raises `GuestError` to return `err(message)` to the guest when the
-import's result is `result<_, string>`; any other exception traps the guest.
+import's result is `result<_, string>`; any other exception traps that guest only.
 
-Called by `pie/sandbox/host.py` (declarations) and `pie/sandbox/guest.py` (driving calls).
+Wasmtime pitfall handled here: `wasmtime_context_epoch_deadline_async_yield_and_update` is
+declared by wasmtime-py with a return value it does not have (calling it as bound crashes).
+
+Called by `pie/sandbox/sandbox.py` (registration, driving) with the table of
+`pie/sandbox/host.py`.
 """
-
 from __future__ import annotations
 
 import asyncio
