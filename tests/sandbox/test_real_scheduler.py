@@ -74,3 +74,39 @@ def test_generation_forks_and_snapshots_on_the_real_scheduler():
         assert out["more"] == _greedy(fork0 + [7], 3)
     assert stats["contexts"] == 0 and stats["snapshots"] == 3  # process contexts freed
     assert stats["requests"] > stats["batches"]  # passes of different guests shared batches
+
+
+def test_attention_masks_reach_the_worker():
+    import numpy as np
+    from sched_fakes import row_token
+
+    src = """
+import inferlet
+async def main(input):
+    ctx = inferlet.Context(inferlet.Model.load())
+    ctx.append(list(range(1, 11)))
+    await ctx.flush(keep_last=False)
+    f = ctx.forward()
+    f.input([11, 12])
+    f.attention_mask([[0, 5, 5, 1], [0, 12]])  # row 0 sees slots 0-4 and itself
+    f.sample([0, 1], inferlet.Sampler.argmax())
+    return (await f.execute()).tokens
+"""
+
+    async def go():
+        sched = Scheduler(model_info(4), FakeTokenizer(), FakeWorker(total_pages=64, page_size=4),
+                          SchedulerSettings(batch_policy="eager"))
+        sched.start()
+        pm = ProcessManager({"fake": sched}, None, sandbox=Sandbox())
+        pid = await pm.launch(make_program(src), "{}", "u", lambda *a: None)
+        out = await pm.wait(pid)
+        await pm.shutdown()
+        await sched.close()
+        return out
+
+    kind, value = asyncio.run(go())
+    assert kind == "return", value
+    toks = list(range(1, 13))
+    row0 = row_token(np.array(toks[:5] + [11]), np.array([0, 1, 2, 3, 4, 10]))
+    row1 = row_token(np.array(toks), np.arange(12))
+    assert json.loads(value) == [row0, row1]
