@@ -5,7 +5,8 @@ logits of a row are a pseudo-random function of every (token, position) in the c
 up to that row, so greedy decoding depends on the whole prefix (forks, snapshots and page
 accounting mistakes show up as different tokens). It keeps real page accounting (a forward
 pass that writes past the reserved pages fails, as the real scheduler's does), namespaces
-snapshots by user, checks that a process only touches its own contexts, and batches
+snapshots by user, checks that a process only touches its own contexts (attention masks
+are checked for shape but not applied: the scheduler tests' paged worker does that), and batches
 concurrent `forward` calls: a batch fires once an event-loop turn passes with no new request
 and no guest is still running (`abi.runnable_guests()`, bounded by `cohort_wait_s`), and
 `batches` records every batch's size.

@@ -78,3 +78,14 @@ def test_cli_build(tmp_path):
     (src / "Pie.toml").write_text(GOOD.replace('"1.2.3"', '"x"'))
     res = CliRunner().invoke(app, ["build", str(src)])
     assert res.exit_code == 1 and "semantic version" in res.output
+
+
+def test_every_example_builds(tmp_path):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "sdk" / "python" / "examples"
+    dirs = sorted(p for p in examples.iterdir() if (p / "Pie.toml").exists())
+    assert len(dirs) >= 4
+    for d in dirs:
+        pkg = build(d, tmp_path / d.name)
+        assert pkg.artifact.exists()
