@@ -71,6 +71,7 @@ class GuestState:
     parked: bool = True  # whether that future may take indefinitely (see abi.add_func)
     fault: BaseException | None = None  # a result that could not be passed to the guest
     loop: asyncio.AbstractEventLoop | None = None  # thread mode: the loop host calls run on
+    output: tuple = ()  # stdout/stderr line buffers (the sandbox flushes them at the end)
     return_value: str | None = None
     started: float = field(default_factory=time.monotonic)
     closed: bool = False

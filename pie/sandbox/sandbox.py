@@ -230,8 +230,10 @@ class Sandbox:
 
     def _wasi(self, state: GuestState) -> tuple[WasiConfig, Path | None]:
         w = WasiConfig()
-        w.stdout_custom = lambda b: state.emit("stdout", bytes(b).decode("utf-8", "replace"))
-        w.stderr_custom = lambda b: state.emit("stderr", bytes(b).decode("utf-8", "replace"))
+        out, err = _Lines(state, "stdout"), _Lines(state, "stderr")
+        state.output = (out, err)
+        w.stdout_custom = out.write
+        w.stderr_custom = err.write
         scratch = None
         if self.policy.allow_fs:
             root = Path(self.policy.fs_scratch_dir or os.path.join(
@@ -290,6 +292,8 @@ class Sandbox:
             return False, self._trap_message(e)
         finally:
             self.active -= 1
+            for lines in getattr(state, "output", ()):
+                lines.flush()
             state.close()
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -321,6 +325,26 @@ class Sandbox:
             return (f"the inferlet crashed (likely out of memory; wasm_max_memory_mb = "
                     f"{self.policy.wasm_max_memory_mb}): {first}")
         return f"the inferlet trapped: {first}"
+
+
+class _Lines:
+    """Guest stdout/stderr as events of whole lines (the rest when the guest ends)."""
+
+    def __init__(self, state: GuestState, kind: str) -> None:
+        self.state, self.kind = state, kind
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.rfind(b"\n")
+        if end >= 0:
+            chunk, self.buf = bytes(self.buf[: end + 1]), self.buf[end + 1:]
+            self.state.emit(self.kind, chunk.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        if self.buf:
+            chunk, self.buf = bytes(self.buf), bytearray()
+            self.state.emit(self.kind, chunk.decode("utf-8", "replace"))
 
 
 def _generic(fn: Callable) -> Callable:

@@ -67,7 +67,7 @@ async def main(input):
                                 10, {IM_END, EOT})
     expected = [t for t in expected if t not in (IM_END, EOT)]
     assert json.loads(value)["text"] == tok.decode(expected)
-    assert "starting" in "".join(v for k, v in events if k == "stdout")
+    assert [v for k, v in events if k == "stdout"] == ["starting\n"]
     assert events[-1][0] == "return"
 
 
@@ -123,3 +123,21 @@ def test_snapshot_off_imports_sdk_from_source():
     assert kind == "return" and value == "inferlet/__init__.py"
     kind, value, _ = asyncio.run(run_inferlet(src))
     assert kind == "return" and value != "inferlet/__init__.py"
+
+
+def test_output_arrives_in_lines_and_the_tail_before_the_result():
+    src = """
+import sys
+async def main(input):
+    print("a", end="")
+    print("b")
+    print("c\\nd", end="")
+    sys.stderr.write("warn\\n")
+    return "r"
+"""
+    kind, value, events = asyncio.run(run_inferlet(src))
+    assert (kind, value) == ("return", "r")
+    assert [(k, v) for k, v in events if k == "stdout"] == [("stdout", "ab\n"), ("stdout", "c\n"),
+                                                           ("stdout", "d")]
+    assert ("stderr", "warn\n") in events
+    assert events[-1] == ("return", "r")
