@@ -408,7 +408,7 @@ def _paged_attention_kernel(
             if HAS_MASK:
                 allowed = (
                     tl.load(
-                        Mask + r * stride_mr + j[:, None] * stride_mq + pos[None, :],
+                        Mask + r.to(tl.int64) * stride_mr + j[:, None] * stride_mq + pos[None, :],
                         mask=m_valid[:, None] & n_valid[None, :],
                         other=0,
                     )

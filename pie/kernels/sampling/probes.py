@@ -31,12 +31,12 @@ def _row_stats_kernel(Z, InvT, Lse, Ent, V, stride_z, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     inv_t = tl.load(InvT + row)
     offs0 = tl.arange(0, BLOCK)
-    m = float("-inf")
+    m = tl.full([], float("-inf"), tl.float32)
     for start in range(0, V, BLOCK):
         x = tl.load(Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf"))
         m = tl.maximum(m, tl.max(x * inv_t, 0))
-    s = 0.0
-    w = 0.0
+    s = tl.zeros([], tl.float32)
+    w = tl.zeros([], tl.float32)
     for start in range(0, V, BLOCK):
         x = tl.load(Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf"))
         x = x * inv_t

@@ -35,8 +35,8 @@ def _select_kernel(Z, Temp, Seeds, Out, V, stride_z, NUM_BLOCKS, BLOCK: tl.const
     t = tl.load(Temp + row)
     seed = tl.load(Seeds + row)
     offs = tl.arange(0, BLOCK)
-    best = float("-inf")
-    best_at = 0
+    best = tl.full([], float("-inf"), tl.float32)
+    best_at = tl.zeros([], tl.int32)
     if t <= 0.0:
         for b in range(NUM_BLOCKS):
             idx = b * BLOCK + offs

@@ -25,7 +25,7 @@ def _min_p_kernel(Z, MinP, V, stride_z, BLOCK: tl.constexpr):
     mp = tl.load(MinP + row)
     if mp > 0.0:
         offs0 = tl.arange(0, BLOCK)
-        m = float("-inf")
+        m = tl.full([], float("-inf"), tl.float32)
         for start in range(0, V, BLOCK):
             z = tl.load(
                 Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf")

@@ -42,7 +42,7 @@ def _top_k_kernel(Z, K, V, stride_z, BLOCK: tl.constexpr, NEG_KEY: tl.constexpr)
         hi = kmax.to(tl.int64) + 1
         for _ in range(32):
             mid = lo + (hi - lo) // 2
-            cnt = 0
+            cnt = tl.zeros([], tl.int32)
             for start in range(0, V, BLOCK):
                 offs = start + offs0
                 z = tl.load(Z + row * stride_z + offs, mask=offs < V, other=float("-inf"))

@@ -32,13 +32,13 @@ def _top_p_kernel(Z, P, V, stride_z, BLOCK: tl.constexpr, NEG_KEY: tl.constexpr)
     p = tl.load(P + row)
     if p < 1.0:
         offs0 = tl.arange(0, BLOCK)
-        m = float("-inf")
+        m = tl.full([], float("-inf"), tl.float32)
         for start in range(0, V, BLOCK):
             z = tl.load(
                 Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf")
             )
             m = tl.maximum(m, tl.max(z, 0))
-        total = 0.0
+        total = tl.zeros([], tl.float32)
         for start in range(0, V, BLOCK):
             z = tl.load(
                 Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf")
@@ -50,7 +50,7 @@ def _top_p_kernel(Z, P, V, stride_z, BLOCK: tl.constexpr, NEG_KEY: tl.constexpr)
         hi = float_key(m).to(tl.int64) + 1
         for _ in range(32):
             mid = lo + (hi - lo) // 2
-            mass = 0.0
+            mass = tl.zeros([], tl.float32)
             for start in range(0, V, BLOCK):
                 z = tl.load(
                     Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf")

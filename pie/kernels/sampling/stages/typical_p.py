@@ -34,14 +34,14 @@ def _typical_p_kernel(Z, Tau, V, stride_z, BLOCK: tl.constexpr, INF_KEY: tl.cons
     tau = tl.load(Tau + row)
     if tau < 1.0:
         offs0 = tl.arange(0, BLOCK)
-        m = float("-inf")
+        m = tl.full([], float("-inf"), tl.float32)
         for start in range(0, V, BLOCK):
             z = tl.load(
                 Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf")
             )
             m = tl.maximum(m, tl.max(z, 0))
-        total = 0.0
-        weighted = 0.0
+        total = tl.zeros([], tl.float32)
+        weighted = tl.zeros([], tl.float32)
         for start in range(0, V, BLOCK):
             z = tl.load(
                 Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf")
@@ -57,7 +57,7 @@ def _typical_p_kernel(Z, Tau, V, stride_z, BLOCK: tl.constexpr, INF_KEY: tl.cons
         hi = tl.full([], INF_KEY, tl.int64)
         for _ in range(32):
             mid = lo + (hi - lo) // 2
-            mass = 0.0
+            mass = tl.zeros([], tl.float32)
             for start in range(0, V, BLOCK):
                 z = tl.load(
                     Z + row * stride_z + start + offs0, mask=start + offs0 < V, other=float("-inf")
