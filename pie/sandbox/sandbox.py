@@ -318,6 +318,9 @@ class Sandbox:
     def _trap_message(self, e: WasmtimeError) -> str:
         text = str(e)
         first = text.strip().splitlines()[0] if text.strip() else "trap"
+        if "minimum size" in text and "exceeds memory limits" in text:
+            return (f"wasm_max_memory_mb = {self.policy.wasm_max_memory_mb} is below what the "
+                    f"inferlet needs to start (the Python runner needs about 16 MiB); raise it")
         if "memory" in text and ("limit" in text or "grow" in text or "unreachable" in text):
             return (f"the inferlet ran out of memory (wasm_max_memory_mb = "
                     f"{self.policy.wasm_max_memory_mb}): {first}")

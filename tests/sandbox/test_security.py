@@ -263,3 +263,8 @@ def test_wasm_max_instances_caps_live_guests():
     assert a_out == ("return", "done") and c_out == ("return", "fine")
     assert bk == "error" and "wasm_max_instances" in bv
     assert len(eng.unregistered) == 3
+
+
+def test_too_small_memory_limit_says_what_to_raise():
+    kind, value, _ = asyncio.run(run_inferlet(OK, runtime_cfg=_cfg(wasm_max_memory_mb=4)))
+    assert kind == "error" and "raise it" in value and "wasm_max_memory_mb = 4" in value
