@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/pie generate --max-tokens 64 "What is the capital of France? Answer in one sentence."
+	$(BIN)/pie run --path sdk/python/examples/text_completion -- \
+		--prompt "What is the capital of France? Answer in one sentence." --max-tokens 64
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
