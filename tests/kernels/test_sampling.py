@@ -18,7 +18,12 @@ from pie.kernels.sampling import (
     sample_rows,
     unpack_bitmask,
 )
-from pie.kernels.sampling.philox import philox_uniform, philox_uniform_triton
+from pie.kernels.sampling.philox import (
+    _philox_numpy,
+    _philox_torch,
+    philox_uniform,
+    philox_uniform_triton,
+)
 from pie.kernels.sampling.pipeline import _to_device
 from pie.kernels.sampling.probes import row_stats_reference
 from pie.kernels.sampling.select import select_reference
@@ -247,6 +252,11 @@ def test_philox_in_torch_is_tl_rand(device):
     assert torch.equal(
         philox_uniform(seeds, offsets),
         philox_uniform_triton(seeds.to(device), offsets.to(device)).cpu(),
+    )
+    # the numpy rounds (CPU) and the torch rounds (other devices) are the same function
+    np.testing.assert_array_equal(
+        _philox_numpy(seeds[:, None].numpy(), offsets.numpy()),
+        _philox_torch(seeds[:, None], offsets).numpy(),
     )
     first = philox_uniform(torch.tensor([42]), torch.arange(3))[0].tolist()
     assert first == pytest.approx([0.774080, 0.024563, 0.348266], abs=1e-6)
