@@ -117,6 +117,22 @@ def load(engine, engine_key: str, progress: Callable[[str], None] = log.info):
     return Component.deserialize_file(engine, str(cwasm))
 
 
-if __name__ == "__main__":  # `python -m pie.sandbox.runner`: build ahead of time (make)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build(print))
+def prepare(progress: Callable[[str], None] = log.info) -> None:
+    """Build the runner and compile it for the sandbox's engine, so first launches are fast."""
+    import asyncio
+
+    from pie.sandbox.sandbox import Sandbox
+
+    async def _start() -> None:
+        sb = Sandbox()
+        await sb.start(progress=progress)
+        sb.close()
+
+    asyncio.run(_start())
+
+
+if __name__ == "__main__":  # `python -m pie.sandbox.runner`: build and compile ahead of time
+    from pie.sandbox.sandbox import ENGINE_KEY
+
+    prepare(print)
+    print(compiled_path(ENGINE_KEY))

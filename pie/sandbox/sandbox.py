@@ -40,6 +40,11 @@ from pie.sandbox.host import IFACE, IMPORTS, PARKING, GuestState
 log = logging.getLogger(__name__)
 
 
+# The engine configuration below (epoch interruption on, defaults otherwise); compiled
+# artifacts are cached per key, so change it whenever the configuration changes.
+ENGINE_KEY = "epoch1"
+
+
 class SandboxError(RuntimeError):
     """An inferlet could not be started or was stopped by a limit; the message says which."""
 
@@ -144,7 +149,8 @@ class Sandbox:
 
     @property
     def engine_key(self) -> str:
-        return "epoch1"
+        """Names the engine configuration compiled artifacts are valid for."""
+        return ENGINE_KEY
 
     async def start(self, progress: Callable[[str], None] = log.info) -> None:
         if self._engine is not None:

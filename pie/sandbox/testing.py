@@ -410,13 +410,6 @@ async def run_inferlet(source: str | bytes, input: dict | str | None = None, *,
 
 def ensure_runner() -> None:
     """Build and compile the runner once (cached under PIE_HOME) before tests use it."""
-    import asyncio as _asyncio
+    from pie.sandbox.runner import prepare
 
-    from pie.sandbox.sandbox import Sandbox
-
-    async def _start() -> None:
-        sb = Sandbox()
-        await sb.start(progress=lambda m: print(m, flush=True))
-        sb.close()
-
-    _asyncio.run(_start())
+    prepare(progress=lambda m: print(m, flush=True))
