@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -114,7 +115,16 @@ def load(engine, engine_key: str, progress: Callable[[str], None] = log.info):
     with os.fdopen(fd, "wb") as f:
         f.write(comp.serialize())
     os.replace(tmp, cwasm)
+    _prune(keep=digest())
     return Component.deserialize_file(engine, str(cwasm))
+
+
+def _prune(keep: str, min_age_s: float = 600.0) -> None:
+    """Remove runner builds of other source versions (each is ~55 MB) once they are idle."""
+    now = time.time()
+    for p in runner_cache_dir().glob("runner-*"):
+        if keep not in p.name and now - p.stat().st_mtime > min_age_s:
+            p.unlink(missing_ok=True)
 
 
 def prepare(progress: Callable[[str], None] = log.info) -> None:
