@@ -83,3 +83,8 @@ def unpack_bitmask(words: torch.Tensor, length: int) -> torch.Tensor:
     shifts = torch.arange(32, device=words.device, dtype=torch.int32)
     bits = (words.unsqueeze(-1) >> shifts) & 1
     return bits.bool().reshape(words.shape[0], -1)[:, :length]
+
+
+def allowed_rows(allowed: torch.Tensor, vocab: int) -> torch.Tensor:
+    """A logit mask as bool [O, V]: bool rows pass through, packed int32 words are unpacked."""
+    return unpack_bitmask(allowed, vocab) if allowed.dtype == torch.int32 else allowed

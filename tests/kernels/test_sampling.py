@@ -221,6 +221,22 @@ def test_probes_match_float64(backend, device):
     )
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_packed_bitmask_equals_bool_mask(backend, device):
+    logits, allowed = batch(6, 1000, seed=6, device=device)
+    if backend == "torch":
+        logits, allowed = logits.cpu(), allowed.cpu()
+    specs = mixed_specs(6)
+    words = pack_bitmask(allowed)
+    a, _ = sample_rows(logits, specs, allowed, backend=backend)
+    b, _ = sample_rows(logits, specs, words, backend=backend)
+    np.testing.assert_array_equal(a, b)
+    none = torch.zeros_like(words)
+    none[:, -1] = -(2**31)  # only a bit past the vocabulary (1000 = 31*32 + 8): allows nothing
+    with pytest.raises(ValueError, match="allows no token"):
+        sample_rows(logits, specs, none, backend=backend)
+
+
 def test_brle_helpers():
     assert brle_to_bool(np.array([2, 3], np.uint32).tobytes(), 6).tolist() == [
         False,
@@ -268,7 +284,7 @@ def test_bad_requests_fail_with_a_clear_error():
         sample_rows(logits, [SamplerSpec()])
     with pytest.raises(ValueError, match=r"rows, vocab"):
         sample_rows(logits[0], [SamplerSpec()])
-    with pytest.raises(ValueError, match="bool tensor"):
+    with pytest.raises(ValueError, match="packed int32 words"):
         sample_rows(logits, [SamplerSpec()] * 2, torch.ones(2, 10))
     empty = torch.ones(2, 10, dtype=torch.bool)
     empty[1] = False

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pie.ipc.messages import RowResult, SamplerSpec
+from pie.kernels.brle import allowed_rows
 from pie.kernels.sampling.probes import probe_rows, wants_probe
 from pie.kernels.sampling.select import select_torch, select_triton
 from pie.kernels.sampling.stage import registered_stages
@@ -60,13 +61,26 @@ def _check(logits: torch.Tensor, specs: list[SamplerSpec], allowed: torch.Tensor
             f"{logits.shape[0]} logit rows but {len(specs)} sampler specs; send one per row"
         )
     if allowed is not None:
-        if allowed.dtype != torch.bool or tuple(allowed.shape) != tuple(logits.shape):
+        o, v = logits.shape
+        words = (o, (v + 31) // 32)
+        is_bool = allowed.dtype == torch.bool and tuple(allowed.shape) == (o, v)
+        is_words = allowed.dtype == torch.int32 and tuple(allowed.shape) == words
+        if not (is_bool or is_words):
             raise ValueError(
-                f"allowed must be a bool tensor of shape {tuple(logits.shape)}, "
-                f"got {allowed.dtype} {tuple(allowed.shape)}"
+                f"allowed must be a bool tensor of shape {(o, v)} or packed int32 words of "
+                f"shape {words}, got {allowed.dtype} {tuple(allowed.shape)}"
             )
         if allowed.device != logits.device:
             raise ValueError(f"allowed is on {allowed.device} but logits are on {logits.device}")
+
+
+def _any_allowed(allowed: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[O] bool: the row allows at least one token (bits past the vocabulary do not count)."""
+    if allowed.dtype == torch.bool:
+        return allowed.any(-1)
+    tail = vocab - 32 * (allowed.shape[1] - 1)  # 1..32 real bits in the last word
+    last = allowed[:, -1] & (-1 if tail == 32 else (1 << tail) - 1)
+    return (allowed[:, :-1] != 0).any(-1) | (last != 0)
 
 
 def sample_rows(
@@ -78,7 +92,8 @@ def sample_rows(
     """Sample (and probe) every output row of a batch.
 
     logits: float [O, V]; specs: one `SamplerSpec` per row; allowed: optional bool [O, V]
-    (True = allowed) from the per-request logit masks. Returns tokens as numpy int32 [O] (-1
+    (True = allowed) from the per-request logit masks, or the same packed as int32 words
+    [O, ceil(V/32)] (bit j of word w is token 32w+j). Returns tokens as numpy int32 [O] (-1
     where `spec.sample` is False) and, only when some row asked for a probe, one `RowResult`
     per row (else None).
 
@@ -88,16 +103,19 @@ def sample_rows(
     ([1], None)
     """
     _check(logits, specs, allowed)
-    o = logits.shape[0]
+    o, v = logits.shape
     if backend is None:
         backend = "triton" if logits.is_cuda else "torch"
     if backend not in ("torch", "triton"):
         raise ValueError(f"unknown sampling backend {backend!r}; use 'torch' or 'triton'")
     device = logits.device
     logits = logits.to(torch.float32).contiguous()
-    if allowed is not None and not bool(allowed.any(-1).all()):
-        row = int((~allowed.any(-1)).nonzero()[0, 0])
-        raise ValueError(f"the logit mask of row {row} allows no token; allow at least one")
+    if allowed is not None:
+        allowed = allowed.contiguous()
+        some = _any_allowed(allowed, logits.shape[1])
+        if not bool(some.all()):
+            row = int((~some).nonzero()[0, 0])
+            raise ValueError(f"the logit mask of row {row} allows no token; allow at least one")
 
     tokens = np.full(o, -1, dtype=np.int32)
     sample_mask = np.array([s.sample for s in specs], dtype=bool)
@@ -125,5 +143,5 @@ def sample_rows(
 
     if not any(wants_probe(s) for s in specs):
         return tokens, None
-    masked = logits if allowed is None else logits.masked_fill(~allowed, NEG_INF)
+    masked = logits if allowed is None else logits.masked_fill(~allowed_rows(allowed, v), NEG_INF)
     return tokens, probe_rows(masked, specs, tokens, backend)

@@ -1,8 +1,10 @@
 """Stage 10: the logit mask. Tokens the request's mask disallows get -inf.
 
-The mask comes from `sample_rows(..., allowed=...)` (bool [O, V], True = allowed), which the
-worker builds from each request's BRLE logit mask. The Triton kernel reads it packed, 32 tokens
-per int32 word (bit j of word w is token 32w+j, the xgrammar convention).
+The mask comes from `sample_rows(..., allowed=...)`: either bool [O, V] (True = allowed), which
+the worker builds from each request's BRLE logit mask, or packed int32 words [O, ceil(V/32)]
+(bit j of word w is token 32w+j, the xgrammar convention, as a grammar engine produces). The
+Triton kernel reads either form as given (no packing pass, no [O, V] temporaries); the torch
+path unpacks words to bool.
 """
 
 from __future__ import annotations
@@ -12,21 +14,24 @@ import torch
 import triton
 import triton.language as tl
 
-from pie.kernels.brle import pack_bitmask
+from pie.kernels.brle import allowed_rows
 from pie.kernels.sampling.rowops import launch_rows, row_block
 from pie.kernels.sampling.stage import Stage, register
 from pie.kernels.sampling.state import NEG_INF, RowParams, SamplingState
 
 
 @triton.jit
-def _logit_mask_kernel(Z, Words, V, stride_z, stride_w, BLOCK: tl.constexpr):
-    # grid (rows, blocks): read BLOCK fp32 + BLOCK/32 words, write BLOCK fp32
+def _logit_mask_kernel(Z, Mask, V, stride_z, stride_m, BLOCK: tl.constexpr, PACKED: tl.constexpr):
+    # grid (rows, blocks): read BLOCK fp32 + BLOCK bytes (or BLOCK/32 words), write BLOCK fp32
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < V
     z = tl.load(Z + row * stride_z + offs, mask=valid)
-    word = tl.load(Words + row * stride_w + offs // 32, mask=valid, other=0)
-    ok = ((word >> (offs % 32)) & 1) != 0
+    if PACKED:
+        word = tl.load(Mask + row * stride_m + offs // 32, mask=valid, other=0)
+        ok = ((word >> (offs % 32)) & 1) != 0
+    else:
+        ok = tl.load(Mask + row * stride_m + offs, mask=valid, other=0) != 0
     tl.store(Z + row * stride_z + offs, tl.where(ok, z, float("-inf")), mask=valid)
 
 
@@ -46,20 +51,22 @@ class LogitMask(Stage):
 
     def apply_torch(self, state: SamplingState, p: dict[str, torch.Tensor]) -> None:
         assert state.allowed is not None
-        state.writable().masked_fill_(~state.allowed, NEG_INF)
+        state.writable().masked_fill_(~allowed_rows(state.allowed, state.vocab_size), NEG_INF)
 
     def apply_triton(self, state: SamplingState, p: dict[str, torch.Tensor]) -> None:
         assert state.allowed is not None
         z = state.writable()
         rows, stride = launch_rows(z)
-        words = pack_bitmask(state.allowed)
+        packed = state.allowed.dtype == torch.int32
+        mask = state.allowed if packed else state.allowed.view(torch.uint8)
+        assert mask.stride(-1) == 1
         block = row_block(z.shape[1])
         _logit_mask_kernel[(rows, triton.cdiv(z.shape[1], block))](
-            z, words, z.shape[1], stride, words.stride(0), BLOCK=block
+            z, mask, z.shape[1], stride, mask.stride(0), BLOCK=block, PACKED=packed
         )
 
     def reference(
         self, z: torch.Tensor, p: dict[str, torch.Tensor], state: SamplingState
     ) -> torch.Tensor:
         assert state.allowed is not None
-        return z.masked_fill(~state.allowed.cpu(), NEG_INF)
+        return z.masked_fill(~allowed_rows(state.allowed, z.shape[1]).cpu(), NEG_INF)
