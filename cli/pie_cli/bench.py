@@ -1,0 +1,557 @@
+"""`pie bench throughput`: N concurrent text completions, end to end, against baselines.
+
+    pie bench throughput                          # N = 1, 8, 32, 64; 32 new tokens each
+    pie bench throughput --direct                 # + the same workload without Wasm
+    pie bench throughput --baseline transformers --baseline llama-cpp
+
+The workload is fixed: N chat prompts (`workload_prompts`), greedy decoding of exactly
+`--output-tokens` tokens each (end-of-sequence ignored). Every run reports total generated
+tokens per second (wall clock, from launch to the last token), time to first token and time
+per output token (p50 / p99 over the sequences), and the mean batch size the engine formed.
+
+* `pie`: a private engine (the configured first model, like `pie run`) runs N inferlets of
+  `BENCH_INFERLET`, launched in one request over WebSocket; the inferlet streams one message per
+  token and the client stamps them.
+* `direct`: the same engine's scheduler driven by plain coroutines through the `EngineService`
+  calls an inferlet makes (register, context, reserve, forward, commit), with no Wasm and no
+  WebSocket. `pie / direct` throughput is the programmability tax.
+* `transformers`: `AutoModelForCausalLM.generate` on the same GGUF (dequantized, float32), the N
+  prompts left-padded in one batch, timed per step by a logits processor.
+* `llama-cpp`: llama.cpp (`llama-cpp-python`, an optional extra) on the same GGUF, the N
+  sequences decoded together in one `llama_batch` per step.
+
+Baselines run after the engine has stopped, each with the machine to itself. Registered on
+the root app by `pie_cli.main`; `bench/throughput.py` runs the same table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from pie_cli.errors import UserError
+
+SYSTEM = "You are a helpful assistant."
+TOPICS = (
+    "the sea", "a lighthouse keeper", "a lost key", "the first snow", "a robot gardener",
+    "an old map", "a city at night", "a quiet library", "a paper boat", "the last train",
+    "a stubborn cat", "a mountain village", "a broken clock", "a desert well", "a kite",
+    "a forgotten song",
+)  # fmt: skip
+
+BENCH_INFERLET = """
+import inferlet
+
+async def main(input):
+    model = inferlet.Model.load()
+    ctx = inferlet.Context(model)
+    ctx.system(input["system"])
+    ctx.user(input["prompt"])
+    ctx.cue()
+    n = 0
+    async for step in ctx.generate(inferlet.Sampler.argmax(), max_tokens=input["max_tokens"],
+                                   ignore_eos=True):
+        out = await step.execute()
+        n += len(out.tokens)
+        inferlet.session.send(str(len(out.tokens)))
+    ctx.release()
+    return str(n)
+"""
+BENCH_MANIFEST = (
+    '[package]\nname = "bench-completion"\nversion = "0.1.0"\n\n'
+    '[runtime]\nlanguage = "python"\nentry = "main"\ncall = "input"\n'
+)
+
+BASELINES = ("transformers", "llama-cpp")
+LLAMA_CPP_HINT = (
+    "llama-cpp-python is not installed; install it with `pip install llama-cpp-python` "
+    "(it builds llama.cpp from source, about 15 minutes on 2 cores) or drop --baseline llama-cpp."
+)
+
+
+def workload_prompts(n: int) -> list[str]:
+    """The fixed user messages of an N-way run (the same for every system compared)."""
+    return [f"Write a short story about {TOPICS[i % len(TOPICS)]}." for i in range(n)]
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One system at one concurrency: per-sequence stamps reduced to the table's columns."""
+
+    system: str
+    n: int
+    tokens: int
+    wall_s: float
+    ttft_s: list[float]
+    tpot_s: list[float]
+    mean_batch: float | None = None
+    note: str = ""
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def row(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float:
+            return float(np.percentile(values, q)) * 1e3 if values else float("nan")
+
+        return {
+            "system": self.system,
+            "n": self.n,
+            "tok_s": self.tok_per_s,
+            "ttft_p50_ms": pct(self.ttft_s, 50),
+            "ttft_p99_ms": pct(self.ttft_s, 99),
+            "tpot_p50_ms": pct(self.tpot_s, 50),
+            "tpot_p99_ms": pct(self.tpot_s, 99),
+            "mean_batch": self.mean_batch,
+            "note": self.note,
+        }
+
+
+def _from_stamps(
+    system: str, t0: float, stamps: list[list[float]], mean_batch: float | None = None
+) -> RunResult:
+    """Per-sequence token arrival times (perf_counter) since a common launch time `t0`."""
+    tokens = sum(len(s) for s in stamps)
+    last = max((s[-1] for s in stamps if s), default=t0)
+    ttft = [s[0] - t0 for s in stamps if s]
+    tpot = [(s[-1] - s[0]) / (len(s) - 1) for s in stamps if len(s) > 1]
+    return RunResult(system, len(stamps), tokens, last - t0, ttft, tpot, mean_batch)
+
+
+def _batch_delta(before: dict, after: dict) -> float | None:
+    batches = after.get("batches", 0) - before.get("batches", 0)
+    passes = after.get("requests", 0) - before.get("requests", 0)
+    return passes / batches if batches > 0 else None
+
+
+# -- the engine: through inferlets, and direct ------------------------------------------------
+
+
+async def run_pie(engine: Any, client: Any, n: int, output_tokens: int) -> RunResult:
+    """N bench inferlets launched in one request; one stamp per streamed token."""
+    service = next(iter(engine.engines.values()))
+    inputs = [
+        {"system": SYSTEM, "prompt": p, "max_tokens": output_tokens} for p in workload_prompts(n)
+    ]
+    before = service.stats()
+    t0 = time.perf_counter()
+    procs = await client.launch_processes("bench-completion@0.1.0", inputs)
+
+    async def stamps_of(proc: Any) -> list[float]:
+        stamps: list[float] = []
+        async for event in proc:
+            if event.kind == "message":
+                now = time.perf_counter()
+                stamps.extend([now] * int(event.value))
+        if proc.error is not None:
+            raise RuntimeError(f"the bench inferlet failed: {proc.error}")
+        return stamps
+
+    stamps = await asyncio.gather(*(stamps_of(p) for p in procs))
+    return _from_stamps("pie", t0, list(stamps), _batch_delta(before, service.stats()))
+
+
+async def run_direct(service: Any, n: int, output_tokens: int, tag: str) -> RunResult:
+    """The same sequences through the scheduler's `EngineService`, as an inferlet would call it."""
+    from pie.ipc.messages import SamplerSpec
+    from pie.sched.api import ForwardRequest
+
+    tok = service.tokenizer
+    page = service.info.page_size
+    greedy = SamplerSpec()
+    prompts = [
+        tok.encode(
+            tok.render_chat(
+                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
+                add_generation_prompt=True,
+            )
+        )
+        for p in workload_prompts(n)
+    ]
+
+    async def sequence(i: int, prompt: list[int]) -> list[float]:
+        pid = f"bench-direct-{tag}-{i}"
+        await service.register_process(pid, "bench")
+        try:
+            ctx = service.create_context(pid)
+            stamps: list[float] = []
+            kv = working_pages = working_tokens = 0  # as the SDK's Context tracks them
+            tokens = prompt
+            for _ in range(output_tokens):
+                need = -(-(working_tokens + len(tokens)) // page) - working_pages
+                if need > 0:
+                    await service.reserve_pages(pid, ctx, need)
+                    working_pages += need
+                rows = await service.forward(
+                    pid,
+                    ForwardRequest(
+                        ctx, tokens, list(range(kv, kv + len(tokens))), [(len(tokens) - 1, greedy)]
+                    ),
+                )
+                stamps.append(time.perf_counter())
+                kv += len(tokens)
+                working_tokens += len(tokens)
+                full = working_tokens // page
+                if full:
+                    service.commit_pages(pid, ctx, full)
+                    working_pages -= full
+                    working_tokens -= full * page
+                tokens = [rows[0].token]
+            service.destroy_context(pid, ctx)
+            return stamps
+        finally:
+            service.unregister_process(pid)
+
+    before = service.stats()
+    t0 = time.perf_counter()
+    stamps = await asyncio.gather(*(sequence(i, p) for i, p in enumerate(prompts)))
+    return _from_stamps("direct", t0, list(stamps), _batch_delta(before, service.stats()))
+
+
+async def run_engine(
+    cfg: Any, ns: list[int], output_tokens: int, direct: bool, say: Any
+) -> list[RunResult]:
+    """Boot a private engine, warm it up, and run every N (pie, then direct when asked)."""
+    from pie.client import PieClient
+    from pie.controller import Engine
+
+    engine = Engine(cfg, host="127.0.0.1", port=0, auth_enabled=True)
+    results: list[RunResult] = []
+    try:
+        await engine.start(say)
+        service = next(iter(engine.engines.values()))
+        async with PieClient(engine.url) as client:
+            await client.auth_by_token(engine.internal_token)
+            await client.install_program(BENCH_MANIFEST, BENCH_INFERLET.encode(), True)
+            say("warming up")
+            await run_pie(engine, client, 2, 4)
+            if direct:
+                await run_direct(service, 2, 4, "warmup")
+            for n in ns:
+                say(f"pie: {n} concurrent inferlets x {output_tokens} tokens")
+                results.append(await run_pie(engine, client, n, output_tokens))
+                if direct:
+                    say(f"direct: {n} sequences x {output_tokens} tokens")
+                    results.append(await run_direct(service, n, output_tokens, str(n)))
+    finally:
+        await engine.stop()
+    return results
+
+
+# -- baselines ----------------------------------------------------------------------------------
+
+
+def chat_prompt_ids(hf_repo: str, n: int) -> tuple[Any, list[list[int]]]:
+    """(the resolved model, token ids of the N chat prompts as the engine renders them)."""
+    from pie.model import load_tokenizer
+    from pie.model.resolve import resolve_model
+
+    tok = load_tokenizer(hf_repo)
+    ids = [
+        tok.encode(
+            tok.render_chat(
+                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
+                add_generation_prompt=True,
+            )
+        )
+        for p in workload_prompts(n)
+    ]
+    return resolve_model(hf_repo), ids
+
+
+def run_transformers(
+    hf_repo: str, ns: list[int], output_tokens: int, threads: int, say: Any
+) -> list[RunResult]:
+    """`generate` on one left-padded batch of the N prompts, greedy, exactly `output_tokens`."""
+    import torch
+    from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+
+    resolved, _ = chat_prompt_ids(hf_repo, 1)
+    say(f"transformers: loading {resolved.path.name}")
+    torch.set_num_threads(threads)
+    with contextlib.redirect_stderr(open(os.devnull, "w")):  # silences progress bars
+        if resolved.kind == "gguf":
+            model = AutoModelForCausalLM.from_pretrained(
+                str(resolved.path.parent), gguf_file=resolved.path.name, dtype=torch.float32
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=torch.float32)
+    model.eval()
+
+    class Stamp(LogitsProcessor):
+        """Called once per generated token of the whole batch: stamps each step."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            self.times.append(time.perf_counter())
+            return scores
+
+    results = []
+    for n in [1, *ns]:  # the first N=1 is a warm-up
+        _, prompts = chat_prompt_ids(hf_repo, n)
+        width = max(len(p) for p in prompts)
+        pad = (
+            model.config.eos_token_id
+            if model.config.pad_token_id is None
+            else model.config.pad_token_id
+        )
+        pad = pad[0] if isinstance(pad, list) else pad
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        stamp = Stamp()
+        say(f"transformers: batch of {n} x {output_tokens} tokens")
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=output_tokens,
+                min_new_tokens=output_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                logits_processor=LogitsProcessorList([stamp]),
+            )
+        stamps = [list(stamp.times)] * n
+        results.append(_from_stamps("transformers", t0, stamps, float(n)))
+    return results[1:]
+
+
+def _llama_decode(L: Any, ctx: Any, batch: Any, entries: list[tuple[int, int, int, bool]]) -> None:
+    """One `llama_decode` of (token, position, sequence, wants logits) entries."""
+    batch.n_tokens = len(entries)
+    for j, (token, pos, seq, logits) in enumerate(entries):
+        batch.token[j] = token
+        batch.pos[j] = pos
+        batch.n_seq_id[j] = 1
+        batch.seq_id[j][0] = seq
+        batch.logits[j] = logits
+    if L.llama_decode(ctx, batch) != 0:
+        raise RuntimeError("llama_decode failed")
+
+
+def _llama_argmax(L: Any, ctx: Any, row: int, vocab: int) -> int:
+    ptr = L.llama_get_logits_ith(ctx, row)
+    return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(vocab,))))
+
+
+def run_llama_cpp(
+    hf_repo: str, ns: list[int], output_tokens: int, threads: int, say: Any
+) -> list[RunResult]:
+    """llama.cpp on the same GGUF: all N sequences in one `llama_batch` per step, greedy."""
+    try:
+        import llama_cpp as L
+    except ImportError:
+        raise UserError(LLAMA_CPP_HINT) from None
+    resolved, _ = chat_prompt_ids(hf_repo, 1)
+    if resolved.kind != "gguf":
+        raise UserError(f"--baseline llama-cpp needs a .gguf model; {hf_repo} is a directory.")
+    results = []
+    for n in [1, *ns]:  # the first N=1 is a warm-up
+        _, prompts = chat_prompt_ids(hf_repo, n)
+        total_prompt = sum(len(p) for p in prompts)
+        say(f"llama.cpp: {n} sequences x {output_tokens} tokens")
+        llm = L.Llama(
+            model_path=str(resolved.path),
+            n_ctx=total_prompt + n * output_tokens + 16,
+            n_batch=max(total_prompt, n),
+            n_ubatch=max(total_prompt, n),
+            n_seq_max=n,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        ctx = llm._ctx.ctx
+        vocab = llm.n_vocab()
+        batch = L.llama_batch_init(max(total_prompt, n), 0, n)
+        try:
+            stamps: list[list[float]] = [[] for _ in range(n)]
+            t0 = time.perf_counter()
+            entries, rows = [], []
+            for s, p in enumerate(prompts):
+                entries += [(t, i, s, i == len(p) - 1) for i, t in enumerate(p)]
+                rows.append(len(entries) - 1)
+            _llama_decode(L, ctx, batch, entries)
+            nxt = [_llama_argmax(L, ctx, r, vocab) for r in rows]
+            now = time.perf_counter()
+            for s in range(n):
+                stamps[s].append(now)
+            pos = [len(p) for p in prompts]
+            for _ in range(output_tokens - 1):
+                _llama_decode(L, ctx, batch, [(nxt[s], pos[s], s, True) for s in range(n)])
+                nxt = [_llama_argmax(L, ctx, s, vocab) for s in range(n)]
+                now = time.perf_counter()
+                for s in range(n):
+                    stamps[s].append(now)
+                    pos[s] += 1
+            results.append(_from_stamps("llama.cpp", t0, stamps, float(n)))
+        finally:
+            L.llama_batch_free(batch)
+            llm.close()
+    return results[1:]
+
+
+# -- the table --------------------------------------------------------------------------------
+
+
+def format_table(results: list[RunResult], output_tokens: int) -> str:
+    """One markdown table: a row per (N, system), with ratios against `pie` at the same N."""
+    pie_rate = {r.n: r.tok_per_s for r in results if r.system == "pie"}
+    lines = [
+        f"{output_tokens} new tokens per sequence; pie / system = pie's tok/s over the row's.",
+        "",
+        (
+            "| N | system | tok/s | pie / system | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | "
+            "TPOT p99 ms | mean batch |"
+        ),
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(results, key=lambda r: (r.n, r.system != "pie", r.system)):
+        row = r.row()
+        ratio = pie_rate.get(r.n, float("nan")) / r.tok_per_s if r.tok_per_s else float("nan")
+        batch = f"{row['mean_batch']:.1f}" if row["mean_batch"] is not None else "-"
+        lines.append(
+            f"| {r.n} | {r.system} | {row['tok_s']:.1f} | {ratio:.2f} | "
+            f"{row['ttft_p50_ms']:.0f} | {row['ttft_p99_ms']:.0f} | {row['tpot_p50_ms']:.1f} | "
+            f"{row['tpot_p99_ms']:.1f} | {batch} |"
+        )
+    return "\n".join(lines)
+
+
+def throughput(
+    concurrency: str = "1,8,32,64",
+    output_tokens: int = 32,
+    direct: bool = False,
+    baselines: list[str] | None = None,
+    config: Path | None = None,
+    num_threads: int | None = None,
+    omp_wait_policy: str | None = None,
+    baseline_threads: int | None = None,
+    json_path: Path | None = None,
+    quiet: bool = False,
+) -> list[RunResult]:
+    """Run the whole benchmark and print its table; returns the rows (used by bench/)."""
+    import msgspec
+
+    from pie.config import load_config
+
+    try:
+        ns = [int(x) for x in concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(
+            f"--concurrency must be numbers separated by commas, like 1,8,32; got {concurrency!r}."
+        ) from None
+    if not ns or min(ns) < 1:
+        raise UserError("--concurrency needs at least one number >= 1, like 1,8,32,64.")
+    if output_tokens < 2:
+        raise UserError("--output-tokens must be at least 2 (TPOT needs two tokens).")
+    for b in baselines or []:
+        if b not in BASELINES:
+            raise UserError(f"Unknown baseline {b!r}; choose from {', '.join(BASELINES)}.")
+    if "llama-cpp" in (baselines or []):
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise UserError(LLAMA_CPP_HINT) from None
+
+    def say(msg: str) -> None:
+        if not quiet:
+            typer.echo(f"bench: {msg}", err=True)
+
+    cfg = load_config(config)
+    if not cfg.models:
+        raise UserError("The config has no [[model]]; run `pie config init` first.")
+    model = cfg.models[0]
+    options = dict(model.driver.options)
+    if num_threads is not None:
+        options["num_threads"] = num_threads
+    if omp_wait_policy is not None:
+        options["omp_wait_policy"] = omp_wait_policy
+    driver = msgspec.structs.replace(model.driver, options=options)
+    model = msgspec.structs.replace(model, driver=driver)
+    cfg = msgspec.structs.replace(cfg, models=[model, *cfg.models[1:]])
+
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    results = runner(run_engine(cfg, ns, output_tokens, direct, say))
+    threads = baseline_threads or os.cpu_count() or 1
+    if "transformers" in (baselines or []):
+        results += run_transformers(model.hf_repo, ns, output_tokens, threads, say)
+    if "llama-cpp" in (baselines or []):
+        results += run_llama_cpp(model.hf_repo, ns, output_tokens, threads, say)
+    typer.echo(format_table(results, output_tokens))
+    if json_path is not None:
+        json_path.write_text(json.dumps([r.row() for r in results], indent=1))
+    return results
+
+
+def register(app: typer.Typer) -> None:
+    bench = typer.Typer(help="Benchmarks: end-to-end throughput against baselines.")
+    app.add_typer(bench, name="bench")
+
+    @bench.command("throughput")
+    def _throughput(
+        concurrency: Annotated[
+            str, typer.Option("--concurrency", "-n", help="Concurrent sequences, comma separated.")
+        ] = "1,8,32,64",
+        output_tokens: Annotated[
+            int, typer.Option("--output-tokens", help="New tokens per sequence (EOS ignored).")
+        ] = 32,
+        direct: Annotated[
+            bool,
+            typer.Option("--direct", help="Also run the workload on the scheduler without Wasm."),
+        ] = False,
+        baseline: Annotated[
+            list[str] | None,
+            typer.Option("--baseline", help="transformers or llama-cpp (repeatable)."),
+        ] = None,
+        config: Annotated[
+            Path | None,
+            typer.Option("--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."),
+        ] = None,
+        num_threads: Annotated[
+            int | None, typer.Option("--num-threads", help="Override the worker's num_threads.")
+        ] = None,
+        omp_wait_policy: Annotated[
+            str | None,
+            typer.Option("--omp-wait-policy", help="Override the worker's omp_wait_policy."),
+        ] = None,
+        baseline_threads: Annotated[
+            int | None,
+            typer.Option(
+                "--baseline-threads", help="Threads for the baselines (default: all cores)."
+            ),
+        ] = None,
+        json_out: Annotated[
+            Path | None, typer.Option("--json", help="Also write the rows to this JSON file.")
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    ) -> None:
+        """N concurrent text completions: tok/s, TTFT, TPOT and batch size, against baselines."""
+        throughput(
+            concurrency,
+            output_tokens,
+            direct,
+            baseline,
+            config,
+            num_threads,
+            omp_wait_policy,
+            baseline_threads,
+            json_out,
+            quiet,
+        )

@@ -1,0 +1,85 @@
+"""`pie bench throughput`: its measurements on the shared real engine, its table, its errors."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import typer
+from pie_cli.bench import (
+    BENCH_INFERLET,
+    BENCH_MANIFEST,
+    RunResult,
+    _from_stamps,
+    format_table,
+    register,
+    run_direct,
+    run_pie,
+)
+from pie_cli.errors import UserError
+from typer.testing import CliRunner
+
+from pie.client import PieClient
+
+
+def test_stamps_reduce_to_throughput_ttft_and_tpot():
+    # two sequences launched at t=10: tokens at 11, 12, 13 and 12, 14
+    r = _from_stamps("pie", 10.0, [[11.0, 12.0, 13.0], [12.0, 14.0]], 1.5)
+    assert r.tokens == 5 and r.wall_s == pytest.approx(4.0)
+    assert r.tok_per_s == pytest.approx(1.25)
+    assert sorted(r.ttft_s) == [1.0, 2.0]
+    assert sorted(r.tpot_s) == [1.0, 2.0]
+    other = RunResult("transformers", 2, 5, 2.0, [0.5], [0.1], 2.0)
+    table = format_table([other, r], 3)
+    rows = [line for line in table.splitlines() if line.startswith("| 2 ")]
+    assert rows[0].startswith("| 2 | pie | 1.2 | 1.00 |")  # pie first, ratio to itself
+    assert rows[1].startswith("| 2 | transformers | 2.5 | 0.50 |")  # pie is half as fast
+
+
+@pytest.fixture
+def cli():
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        try:
+            return runner.invoke(app, ["bench", *args], catch_exceptions=False)
+        except UserError as e:
+            return e
+
+    return invoke
+
+
+def test_user_mistakes_are_one_clear_line(cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
+    e = cli("throughput", "--baseline", "llama-cpp")
+    assert isinstance(e, UserError) and "pip install llama-cpp-python" in str(e)
+    e = cli("throughput", "--baseline", "vllm")
+    assert isinstance(e, UserError) and "transformers" in str(e)
+    e = cli("throughput", "-n", "8,x")
+    assert isinstance(e, UserError) and "comma" in str(e)
+    e = cli("throughput", "--output-tokens", "1")
+    assert isinstance(e, UserError) and "at least 2" in str(e)
+
+
+@pytest.mark.e2e
+def test_pie_and_direct_runs_on_the_real_engine(engine):
+    n, tokens = 4, 5
+
+    async def body():
+        async with PieClient(engine.url) as client:
+            await client.auth_by_token(engine.token)
+            await client.install_program(BENCH_MANIFEST, BENCH_INFERLET.encode(), True)
+            pie = await run_pie(engine.engine, client, n, tokens)
+        direct = await run_direct(engine.engine.engines["default"], n, tokens, "test")
+        return pie, direct
+
+    pie, direct = engine.on_engine_loop(body(), timeout=120)
+    for r in (pie, direct):
+        assert r.n == n and r.tokens == n * tokens  # exactly `tokens` each: EOS is ignored
+        assert len(r.ttft_s) == n and len(r.tpot_s) == n
+        assert all(t > 0 for t in r.ttft_s + r.tpot_s)
+        assert r.mean_batch is not None and r.mean_batch > 2  # the sequences shared batches
+    stats = engine.stats()
+    assert stats["processes"] == 0 and stats["contexts"] == 0  # both paths cleaned up
