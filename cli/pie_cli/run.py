@@ -8,7 +8,8 @@ engine's internal token. `--path` uploads a local `.py` file, `.wasm` file or in
 first (replacing an older upload of the same name@version); a bare name must already be in the
 program store. Arguments after the inferlet become its JSON input (`parse_inferlet_args`).
 `message` and `stdout` events go to stdout as they arrive (unchanged: text inferlets stream
-deltas), `stderr` to stderr; the return value is printed last, on its own line. Exit codes: 0 on return, 1 on an inferlet error, 130 on Ctrl-C.
+deltas), `stderr` to stderr; the return value is printed last, on its own line, unless it is
+exactly the streamed messages (a chat reply is not shown twice). Exit codes: 0 on return, 1 on an inferlet error, 130 on Ctrl-C.
 Registered on the root app by `pie_cli.main`.
 """
 
@@ -119,6 +120,7 @@ async def _run(
         except (PieError, ProgramError) as e:
             raise UserError(str(e)) from None
         line_open = False  # the streamed output so far does not end with a newline
+        streamed: list[str] = []  # the `message` texts, to spot a result that repeats them
         interrupted = asyncio.Event()
         _on_sigint(interrupted.set)  # from now on Ctrl-C terminates the inferlet first
         try:
@@ -129,6 +131,8 @@ async def _run(
                     if event.kind in ("message", "stdout"):
                         # streamed as is: a text inferlet sends deltas, not lines
                         text = str(event.value)
+                        if event.kind == "message":
+                            streamed.append(text)
                         sys.stdout.write(text)
                         sys.stdout.flush()
                         if text:
@@ -157,7 +161,10 @@ async def _run(
         if process.error is not None:
             sys.stderr.write(f"error: {process.error}\n")
             return 1
-        if process.result:
+        if process.result and process.result == "".join(streamed):
+            if line_open:  # a text inferlet returned exactly what it streamed: not twice
+                sys.stdout.write("\n")
+        elif process.result:
             if line_open:
                 sys.stdout.write("\n")
             sys.stdout.write(process.result + ("\n" if not process.result.endswith("\n") else ""))
