@@ -50,6 +50,19 @@ __all__ = [
 # --- the per-batch plan -----------------------------------------------------------------------
 
 
+def _causal_mask(kv_len: np.ndarray, n_q: np.ndarray, q_max: int, l_max: int) -> np.ndarray:
+    """[R, Q, L] bool: row j of request r sees slots <= L_r - n_r + j; padded rows see slot 0
+    (so no row is empty)."""
+    jq = np.arange(q_max)
+    qvalid = jq[None, :] < n_q[:, None]
+    limit = (kv_len - n_q)[:, None] + jq[None, :]  # [R, Q]
+    mask = np.arange(l_max)[None, None, :] <= limit[:, :, None]
+    mask &= qvalid[:, :, None]
+    if l_max:
+        mask[:, :, 0] |= ~qvalid
+    return mask
+
+
 def _overlay_custom_masks(
     mask: np.ndarray,
     runs: np.ndarray,
@@ -106,7 +119,6 @@ class AttentionPlan:
     gather_slots: torch.Tensor  # [R, L] long: flat K row of each KV position (0 where padded)
     query_rows: torch.Tensor  # [R, Q] long: row of the flat token array (0 where padded)
     query_valid: torch.Tensor  # [R, Q] bool
-    mask: torch.Tensor  # [R, 1, Q, L] bool: True = attend
     num_tokens: int
     # --- used by the Triton kernels and the torch fast paths ---
     qo_indptr: torch.Tensor | None = None  # [R+1] int32
@@ -117,6 +129,8 @@ class AttentionPlan:
     _group_masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     _buffers: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
     _kv_slots: torch.Tensor | None = field(default=None, repr=False)
+    _mask: torch.Tensor | None = field(default=None, repr=False)
+    _mask_shape: tuple[np.ndarray, np.ndarray, int, int] | None = field(default=None, repr=False)
 
     @staticmethod
     def build(
@@ -188,12 +202,8 @@ class AttentionPlan:
         qvalid = jq[None, :] < n_q[:, None]
         qrows = np.where(qvalid, qo_indptr[:-1, None] + jq[None, :], 0)
 
-        # causal: row j sees slots <= L - n + j; padded rows see slot 0 so no row is empty
-        limit = (kv_len - n_q)[:, None] + jq[None, :]  # [R, Q]
-        mask = pos[None, None, :] <= limit[:, :, None]
-        mask &= qvalid[:, :, None]
-        if l_max:
-            mask[:, :, 0] |= ~qvalid
+        dev = torch.device(device)
+        mask = None
         has_custom = False
         if mask_indptr is not None and len(mask_indptr) > 0:
             mask_indptr = np.asarray(mask_indptr, dtype=np.int64)
@@ -202,13 +212,18 @@ class AttentionPlan:
                     f"mask_indptr has {len(mask_indptr)} entries for {num_tokens} tokens; "
                     "send one entry per token plus one, or none for causal attention"
                 )
-            mask_runs = np.asarray(mask_runs, dtype=np.int64)
-            has_custom = _overlay_custom_masks(
-                mask, mask_runs, mask_indptr, req_of_token, j_of_token, kv_len
-            )
-        mask = mask[:, None, :, :]
-
-        dev = torch.device(device)
+            if np.any(np.diff(mask_indptr) > 0):
+                mask = _causal_mask(kv_len, n_q, q_max, l_max)
+                has_custom = _overlay_custom_masks(
+                    mask,
+                    np.asarray(mask_runs, dtype=np.int64),
+                    mask_indptr,
+                    req_of_token,
+                    j_of_token,
+                    kv_len,
+                )
+        if mask is None and dev.type != "cuda":
+            mask = _causal_mask(kv_len, n_q, q_max, l_max)  # the torch path will need it
 
         def put(a: np.ndarray, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device=dev, dtype=dtype)
@@ -219,14 +234,28 @@ class AttentionPlan:
             gather_slots=put(gather),
             query_rows=put(qrows),
             query_valid=put(qvalid, torch.bool),
-            mask=put(mask, torch.bool),
             num_tokens=num_tokens,
             qo_indptr=put(qo_indptr, torch.int32),
             kv_lens=put(kv_len, torch.int32),
             page_table=put(table, torch.int32),
             has_custom_mask=has_custom,
             dense_queries=num_req * q_max == num_tokens,
+            _mask=None if mask is None else put(mask[:, None], torch.bool),
+            _mask_shape=(kv_len, n_q, q_max, l_max),
         )
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[R, 1, Q, L] bool, True = attend: causal by slot or the custom rows.
+
+        The Triton kernel computes causal masks itself, so on CUDA this is only built when
+        something asks for it.
+        """
+        if self._mask is None:
+            assert self._mask_shape is not None and self.kv_lens is not None
+            dense = _causal_mask(*self._mask_shape)[:, None]
+            self._mask = torch.from_numpy(dense).to(self.kv_lens.device)
+        return self._mask
 
     def gather_kv_slots(self) -> torch.Tensor:
         """Flat K rows then flat V rows of every KV position: [2*R*L] long (cached)."""
