@@ -130,7 +130,7 @@ class AttentionPlan:
     _buffers: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
     _kv_slots: torch.Tensor | None = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
-    _mask_shape: tuple[np.ndarray, np.ndarray, int, int] | None = field(default=None, repr=False)
+    _mask_source: tuple[np.ndarray, np.ndarray, int, int] | None = field(default=None, repr=False)
 
     @staticmethod
     def build(
@@ -241,7 +241,7 @@ class AttentionPlan:
             has_custom_mask=has_custom,
             dense_queries=num_req * q_max == num_tokens,
             _mask=None if mask is None else put(mask[:, None], torch.bool),
-            _mask_shape=(kv_len, n_q, q_max, l_max),
+            _mask_source=(kv_len, n_q, q_max, l_max),
         )
 
     @property
@@ -252,8 +252,8 @@ class AttentionPlan:
         something asks for it.
         """
         if self._mask is None:
-            assert self._mask_shape is not None and self.kv_lens is not None
-            dense = _causal_mask(*self._mask_shape)[:, None]
+            assert self._mask_source is not None and self.kv_lens is not None
+            dense = _causal_mask(*self._mask_source)[:, None]
             self._mask = torch.from_numpy(dense).to(self.kv_lens.device)
         return self._mask
 

@@ -202,3 +202,12 @@ def test_random_ragged_batches_torch_path(seed):
     assert (paged_attention(q, kv, plan).double() - ref).abs().max().item() <= 1e-5
     if seed < 3:  # the interpreted kernel on a few of them
         assert (paged_attention_triton(q, kv, plan).double() - ref).abs().max().item() <= 1e-5
+
+
+def test_lazily_built_mask_equals_the_eager_one():
+    """On CUDA the causal mask is only built when asked for; it must be the same mask."""
+    *_, csr, _ = make_batch([3, 1, 6], [3, 20, 30], 8, 2, 2, 64, torch.float32)
+    plan = AttentionPlan.build(*csr, 8)
+    eager = plan.mask.clone()
+    plan._mask = None
+    assert torch.equal(plan.mask, eager)
