@@ -1,8 +1,9 @@
-"""`pie bench throughput`: N concurrent text completions, end to end, against baselines.
+"""`pie bench throughput|latency`: text completions end to end, against baselines.
 
     pie bench throughput                          # N = 1, 8, 32, 64; 32 new tokens each
     pie bench throughput --direct                 # + the same workload without Wasm
     pie bench throughput --baseline transformers --baseline llama-cpp
+    pie bench latency --prompt-tokens 32,512      # one sequence at a time, pie vs direct
 
 The workload is fixed: N chat prompts (`workload_prompts`), greedy decoding of exactly
 `--output-tokens` tokens each (end-of-sequence ignored). Every run reports total generated
@@ -137,12 +138,10 @@ def _batch_delta(before: dict, after: dict) -> float | None:
 # -- the engine: through inferlets, and direct ------------------------------------------------
 
 
-async def run_pie(engine: Any, client: Any, n: int, output_tokens: int) -> RunResult:
-    """N bench inferlets launched in one request; one stamp per streamed token."""
+async def run_pie(engine: Any, client: Any, prompts: list[str], output_tokens: int) -> RunResult:
+    """One bench inferlet per prompt, all launched in one request; a stamp per streamed token."""
     service = next(iter(engine.engines.values()))
-    inputs = [
-        {"system": SYSTEM, "prompt": p, "max_tokens": output_tokens} for p in workload_prompts(n)
-    ]
+    inputs = [{"system": SYSTEM, "prompt": p, "max_tokens": output_tokens} for p in prompts]
     before = service.stats()
     t0 = time.perf_counter()
     procs = await client.launch_processes("bench-completion@0.1.0", inputs)
@@ -161,7 +160,7 @@ async def run_pie(engine: Any, client: Any, n: int, output_tokens: int) -> RunRe
     return _from_stamps("pie", t0, list(stamps), _batch_delta(before, service.stats()))
 
 
-async def run_direct(service: Any, n: int, output_tokens: int, tag: str) -> RunResult:
+async def run_direct(service: Any, prompts: list[str], output_tokens: int, tag: str) -> RunResult:
     """The same sequences through the scheduler's `EngineService`, as an inferlet would call it."""
     from pie.ipc.messages import SamplerSpec
     from pie.sched.api import ForwardRequest
@@ -169,14 +168,14 @@ async def run_direct(service: Any, n: int, output_tokens: int, tag: str) -> RunR
     tok = service.tokenizer
     page = service.info.page_size
     greedy = SamplerSpec()
-    prompts = [
+    prompt_ids = [
         tok.encode(
             tok.render_chat(
                 [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
                 add_generation_prompt=True,
             )
         )
-        for p in workload_prompts(n)
+        for p in prompts
     ]
 
     async def sequence(i: int, prompt: list[int]) -> list[float]:
@@ -214,37 +213,87 @@ async def run_direct(service: Any, n: int, output_tokens: int, tag: str) -> RunR
 
     before = service.stats()
     t0 = time.perf_counter()
-    stamps = await asyncio.gather(*(sequence(i, p) for i, p in enumerate(prompts)))
+    stamps = await asyncio.gather(*(sequence(i, p) for i, p in enumerate(prompt_ids)))
     return _from_stamps("direct", t0, list(stamps), _batch_delta(before, service.stats()))
+
+
+@contextlib.asynccontextmanager
+async def _private_engine(cfg: Any, say: Any) -> Any:
+    """A booted engine (like `pie run`'s), a client on it with the bench inferlet installed."""
+    from pie.client import PieClient
+    from pie.controller import Engine
+
+    engine = Engine(cfg, host="127.0.0.1", port=0, auth_enabled=True)
+    try:
+        await engine.start(say)
+        async with PieClient(engine.url) as client:
+            await client.auth_by_token(engine.internal_token)
+            await client.install_program(BENCH_MANIFEST, BENCH_INFERLET.encode(), True)
+            say("warming up")
+            await run_pie(engine, client, workload_prompts(2), 4)
+            await run_direct(next(iter(engine.engines.values())), workload_prompts(2), 4, "warmup")
+            yield engine, client
+    finally:
+        await engine.stop()
 
 
 async def run_engine(
     cfg: Any, ns: list[int], output_tokens: int, direct: bool, say: Any
 ) -> list[RunResult]:
-    """Boot a private engine, warm it up, and run every N (pie, then direct when asked)."""
-    from pie.client import PieClient
-    from pie.controller import Engine
-
-    engine = Engine(cfg, host="127.0.0.1", port=0, auth_enabled=True)
+    """Every N through inferlets (then directly through the scheduler, when asked)."""
     results: list[RunResult] = []
-    try:
-        await engine.start(say)
+    async with _private_engine(cfg, say) as (engine, client):
         service = next(iter(engine.engines.values()))
-        async with PieClient(engine.url) as client:
-            await client.auth_by_token(engine.internal_token)
-            await client.install_program(BENCH_MANIFEST, BENCH_INFERLET.encode(), True)
-            say("warming up")
-            await run_pie(engine, client, 2, 4)
+        for n in ns:
+            say(f"pie: {n} concurrent inferlets x {output_tokens} tokens")
+            prompts = workload_prompts(n)
+            results.append(await run_pie(engine, client, prompts, output_tokens))
             if direct:
-                await run_direct(service, 2, 4, "warmup")
-            for n in ns:
-                say(f"pie: {n} concurrent inferlets x {output_tokens} tokens")
-                results.append(await run_pie(engine, client, n, output_tokens))
-                if direct:
-                    say(f"direct: {n} sequences x {output_tokens} tokens")
-                    results.append(await run_direct(service, n, output_tokens, str(n)))
-    finally:
-        await engine.stop()
+                say(f"direct: {n} sequences x {output_tokens} tokens")
+                results.append(await run_direct(service, prompts, output_tokens, str(n)))
+    return results
+
+
+LATENCY_FILLER = "Rivers carry water, stories and silt from the hills down to the sea. "
+
+
+def latency_prompt(tokenizer: Any, tokens: int) -> str:
+    """A user message of about `tokens` tokens (the chat template adds about 20 more)."""
+    per = len(tokenizer.encode(LATENCY_FILLER))
+    return "Summarize this text: " + LATENCY_FILLER * max(1, round(tokens / per))
+
+
+async def run_latency(
+    cfg: Any, prompt_tokens: list[int], output_tokens: int, repeats: int, say: Any
+) -> list[RunResult]:
+    """One sequence at a time, `repeats` times per prompt length, through pie and directly.
+
+    Rows carry the prompt length in `n`; their TTFT/TPOT percentiles are over the repeats.
+    """
+    results: list[RunResult] = []
+    async with _private_engine(cfg, say) as (engine, client):
+        service = next(iter(engine.engines.values()))
+        for target in prompt_tokens:
+            prompt = latency_prompt(service.tokenizer, target)
+            for system in ("pie", "direct"):
+                say(f"{system}: prompt of ~{target} tokens, {repeats} runs")
+                runs = []
+                for i in range(repeats):
+                    if system == "pie":
+                        runs.append(await run_pie(engine, client, [prompt], output_tokens))
+                    else:
+                        runs.append(await run_direct(service, [prompt], output_tokens, f"l{i}"))
+                results.append(
+                    RunResult(
+                        system,
+                        target,
+                        sum(r.tokens for r in runs),
+                        sum(r.wall_s for r in runs),
+                        [t for r in runs for t in r.ttft_s],
+                        [t for r in runs for t in r.tpot_s],
+                        1.0,
+                    )
+                )
     return results
 
 
@@ -405,14 +454,14 @@ def run_llama_cpp(
 # -- the table --------------------------------------------------------------------------------
 
 
-def format_table(results: list[RunResult], output_tokens: int) -> str:
+def format_table(results: list[RunResult], output_tokens: int, first: str = "N") -> str:
     """One markdown table: a row per (N, system), with ratios against `pie` at the same N."""
     pie_rate = {r.n: r.tok_per_s for r in results if r.system == "pie"}
     lines = [
         f"{output_tokens} new tokens per sequence; pie / system = pie's tok/s over the row's.",
         "",
         (
-            "| N | system | tok/s | pie / system | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | "
+            f"| {first} | system | tok/s | pie / system | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | "
             "TPOT p99 ms | mean batch |"
         ),
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -429,6 +478,73 @@ def format_table(results: list[RunResult], output_tokens: int) -> str:
     return "\n".join(lines)
 
 
+def _bench_config(config: Path | None, num_threads: int | None, omp_wait_policy: str | None) -> Any:
+    """The config with the first model's worker thread options overridden when given."""
+    import msgspec
+
+    from pie.config import load_config
+
+    cfg = load_config(config)
+    if not cfg.models:
+        raise UserError("The config has no [[model]]; run `pie config init` first.")
+    model = cfg.models[0]
+    options = dict(model.driver.options)
+    if num_threads is not None:
+        options["num_threads"] = num_threads
+    if omp_wait_policy is not None:
+        options["omp_wait_policy"] = omp_wait_policy
+    driver = msgspec.structs.replace(model.driver, options=options)
+    model = msgspec.structs.replace(model, driver=driver)
+    return msgspec.structs.replace(cfg, models=[model, *cfg.models[1:]])
+
+
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)
+
+
+def _numbers(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(
+            f"{option} must be numbers separated by commas, like 1,8,32; got {text!r}."
+        ) from None
+    if not values or min(values) < 1:
+        raise UserError(f"{option} needs at least one number >= 1, like 1,8,32,64.")
+    return values
+
+
+def latency(
+    prompt_tokens: str = "32,512",
+    output_tokens: int = 32,
+    repeats: int = 5,
+    config: Path | None = None,
+    num_threads: int | None = None,
+    omp_wait_policy: str | None = None,
+    quiet: bool = False,
+) -> list[RunResult]:
+    """Single-stream TTFT and TPOT, through inferlets and directly; prints the table."""
+    lengths = _numbers(prompt_tokens, "--prompt-tokens")
+    if output_tokens < 2:
+        raise UserError("--output-tokens must be at least 2 (TPOT needs two tokens).")
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1.")
+
+    def say(msg: str) -> None:
+        if not quiet:
+            typer.echo(f"bench: {msg}", err=True)
+
+    cfg = _bench_config(config, num_threads, omp_wait_policy)
+    results = _run_loop(run_latency(cfg, lengths, output_tokens, repeats, say))
+    typer.echo(format_table(results, output_tokens, first="prompt tokens"))
+    return results
+
+
 def throughput(
     concurrency: str = "1,8,32,64",
     output_tokens: int = 32,
@@ -442,18 +558,7 @@ def throughput(
     quiet: bool = False,
 ) -> list[RunResult]:
     """Run the whole benchmark and print its table; returns the rows (used by bench/)."""
-    import msgspec
-
-    from pie.config import load_config
-
-    try:
-        ns = [int(x) for x in concurrency.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(
-            f"--concurrency must be numbers separated by commas, like 1,8,32; got {concurrency!r}."
-        ) from None
-    if not ns or min(ns) < 1:
-        raise UserError("--concurrency needs at least one number >= 1, like 1,8,32,64.")
+    ns = _numbers(concurrency, "--concurrency")
     if output_tokens < 2:
         raise UserError("--output-tokens must be at least 2 (TPOT needs two tokens).")
     for b in baselines or []:
@@ -469,26 +574,9 @@ def throughput(
         if not quiet:
             typer.echo(f"bench: {msg}", err=True)
 
-    cfg = load_config(config)
-    if not cfg.models:
-        raise UserError("The config has no [[model]]; run `pie config init` first.")
+    cfg = _bench_config(config, num_threads, omp_wait_policy)
     model = cfg.models[0]
-    options = dict(model.driver.options)
-    if num_threads is not None:
-        options["num_threads"] = num_threads
-    if omp_wait_policy is not None:
-        options["omp_wait_policy"] = omp_wait_policy
-    driver = msgspec.structs.replace(model.driver, options=options)
-    model = msgspec.structs.replace(model, driver=driver)
-    cfg = msgspec.structs.replace(cfg, models=[model, *cfg.models[1:]])
-
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
-    results = runner(run_engine(cfg, ns, output_tokens, direct, say))
+    results = _run_loop(run_engine(cfg, ns, output_tokens, direct, say))
     threads = baseline_threads or os.cpu_count() or 1
     if "transformers" in (baselines or []):
         results += run_transformers(model.hf_repo, ns, output_tokens, threads, say)
@@ -555,3 +643,28 @@ def register(app: typer.Typer) -> None:
             json_out,
             quiet,
         )
+
+    @bench.command("latency")
+    def _latency(
+        prompt_tokens: Annotated[
+            str, typer.Option("--prompt-tokens", help="Prompt lengths, comma separated.")
+        ] = "32,512",
+        output_tokens: Annotated[
+            int, typer.Option("--output-tokens", help="New tokens per run (EOS ignored).")
+        ] = 32,
+        repeats: Annotated[int, typer.Option("--repeats", "-r", help="Runs per length.")] = 5,
+        config: Annotated[
+            Path | None,
+            typer.Option("--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."),
+        ] = None,
+        num_threads: Annotated[
+            int | None, typer.Option("--num-threads", help="Override the worker's num_threads.")
+        ] = None,
+        omp_wait_policy: Annotated[
+            str | None,
+            typer.Option("--omp-wait-policy", help="Override the worker's omp_wait_policy."),
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    ) -> None:
+        """One sequence at a time: TTFT and TPOT through inferlets and directly."""
+        latency(prompt_tokens, output_tokens, repeats, config, num_threads, omp_wait_policy, quiet)

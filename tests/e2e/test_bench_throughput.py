@@ -15,6 +15,7 @@ from pie_cli.bench import (
     register,
     run_direct,
     run_pie,
+    workload_prompts,
 )
 from pie_cli.errors import UserError
 from typer.testing import CliRunner
@@ -71,8 +72,10 @@ def test_pie_and_direct_runs_on_the_real_engine(engine):
         async with PieClient(engine.url) as client:
             await client.auth_by_token(engine.token)
             await client.install_program(BENCH_MANIFEST, BENCH_INFERLET.encode(), True)
-            pie = await run_pie(engine.engine, client, n, tokens)
-        direct = await run_direct(engine.engine.engines["default"], n, tokens, "test")
+            pie = await run_pie(engine.engine, client, workload_prompts(n), tokens)
+        direct = await run_direct(
+            engine.engine.engines["default"], workload_prompts(n), tokens, "test"
+        )
         return pie, direct
 
     pie, direct = engine.on_engine_loop(body(), timeout=120)

@@ -186,8 +186,11 @@ def test_a_crashing_inferlet_reports_error_and_its_neighbours_finish(engine):
             crash = await _install(c, CRASH, "e2e-crash")
             name = await c.install_path(EXAMPLES / "text_completion")
             neighbours = await c.launch_processes(
-                name, [{"prompt": f"Say something about {w}.", "max_tokens": 12}
-                       for w in ("cats", "rain", "trains", "tea")]
+                name,
+                [
+                    {"prompt": f"Say something about {w}.", "max_tokens": 12}
+                    for w in ("cats", "rain", "trains", "tea")
+                ],
             )
             crasher = await c.launch_process(crash, {})
             async for _ in crasher:
@@ -225,8 +228,9 @@ def test_client_disconnect_leaves_the_engine_healthy_and_frees_pages(engine):
         await wait_until(lambda: _no_live_work(engine.stats()), timeout=60)
         async with engine.client("alice") as c:
             assert all(p["pid"] != pid for p in await c.list_processes())
-            proc = await c.launch_process("text-completion@0.1.0", {"prompt": "Hi!",
-                                                                      "max_tokens": 4})
+            proc = await c.launch_process(
+                "text-completion@0.1.0", {"prompt": "Hi!", "max_tokens": 4}
+            )
             return await proc.wait()
 
     assert run(afterwards()).strip()  # the engine still serves
