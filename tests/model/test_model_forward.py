@@ -77,6 +77,8 @@ def test_greedy_batch_matches_transformers(arch, tiny_checkpoints):
             ids.append(int(_hf_logits(hf, ids)[-1].argmax()))
         assert got == ids[len(prompt) :], f"{arch}: greedy continuation differs"
     assert len(gen.pool.free) == 64  # every page returned
+    # a lone sequence takes the single-row LM head path
+    assert gen.generate(prompts[1:2], max_new_tokens=16) == ours[1:2]
 
 
 def test_output_rows_select_logits(tiny_checkpoints):
