@@ -35,7 +35,16 @@ _LAZY = {
     "Tokenizer": "pie.model.tokenizer",
 }
 
-__all__ = ["ModelLoadError", *_LAZY]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "ModelConfig",
+    "ModelLoadError",
+    "Tokenizer",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model",
+]
 
 
 def __getattr__(name: str) -> Any:
