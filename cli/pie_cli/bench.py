@@ -74,8 +74,9 @@ BENCH_MANIFEST = (
 
 BASELINES = ("transformers", "llama-cpp")
 LLAMA_CPP_HINT = (
-    "llama-cpp-python is not installed; install it with `pip install llama-cpp-python` "
-    "(it builds llama.cpp from source, about 15 minutes on 2 cores) or drop --baseline llama-cpp."
+    "llama-cpp-python is not installed; install it with `pip install llama-cpp-python` (the "
+    "`llama-cpp` extra of pie-engine; it builds llama.cpp from source, about 15 minutes on 2 "
+    "cores) or drop --baseline llama-cpp."
 )
 
 
@@ -406,23 +407,23 @@ def run_llama_cpp(
     resolved, _ = chat_prompt_ids(hf_repo, 1)
     if resolved.kind != "gguf":
         raise UserError(f"--baseline llama-cpp needs a .gguf model; {hf_repo} is a directory.")
+    llm = L.Llama(model_path=str(resolved.path), n_ctx=64, n_threads=threads, verbose=False)
+    vocab = llm.n_vocab()
     results = []
     for n in [1, *ns]:  # the first N=1 is a warm-up
         _, prompts = chat_prompt_ids(hf_repo, n)
         total_prompt = sum(len(p) for p in prompts)
         say(f"llama.cpp: {n} sequences x {output_tokens} tokens")
-        llm = L.Llama(
-            model_path=str(resolved.path),
-            n_ctx=total_prompt + n * output_tokens + 16,
-            n_batch=max(total_prompt, n),
-            n_ubatch=max(total_prompt, n),
-            n_seq_max=n,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
-        ctx = llm._ctx.ctx
-        vocab = llm.n_vocab()
+        # a context of its own: `Llama` does not pass n_seq_max on; per-sequence KV (not
+        # unified) is llama.cpp's faster layout at large batches
+        params = L.llama_context_default_params()
+        params.n_ctx = n * (max(len(p) for p in prompts) + output_tokens + 16)
+        params.n_batch = params.n_ubatch = max(total_prompt, n)  # all prompts in one decode
+        params.n_seq_max = n
+        params.n_threads = params.n_threads_batch = threads
+        ctx = L.llama_init_from_model(llm._model.model, params)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not create a context for {n} sequences")
         batch = L.llama_batch_init(max(total_prompt, n), 0, n)
         try:
             stamps: list[list[float]] = [[] for _ in range(n)]
@@ -447,7 +448,8 @@ def run_llama_cpp(
             results.append(_from_stamps("llama.cpp", t0, stamps, float(n)))
         finally:
             L.llama_batch_free(batch)
-            llm.close()
+            L.llama_free(ctx)
+    llm.close()
     return results[1:]
 
 
