@@ -25,7 +25,7 @@ from e2e_engine import (
 )
 
 from pie.client import PieClient, PieError
-from pie.config import DEFAULT_HF_REPO
+from pie.config import DEFAULT_HF_REPO, default_config
 from pie.programs import python_manifest
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +41,8 @@ def reference():
 
     lm = load_model(DEFAULT_HF_REPO, dtype="float32")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the worker's default, so both sum in the same order
+    worker_threads = default_config(cuda=False).models[0].driver.options.get("num_threads", 1)
+    torch.set_num_threads(int(worker_threads))  # as the worker, so both sum in the same order
     try:
         yield lm, Generator(lm.model, page_size=16, num_pages=128)
     finally:
@@ -88,7 +89,9 @@ def test_text_completion_equals_the_model_layers_greedy_output(engine, reference
 
 def test_32_concurrent_inferlets_share_batches(engine):
     n = 32
-    prompts = [f"Name a fruit whose name starts with the letter {chr(65 + i)}." for i in range(n)]
+    prompts = [
+        f"Name a fruit whose name starts with the letter {chr(65 + i % 26)}." for i in range(n)
+    ]
     before = engine.stats()
 
     async def body():
