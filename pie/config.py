@@ -817,7 +817,9 @@ def default_config(cuda: bool | None = None) -> PieConfig:
                 "total_pages": 1024,
                 "max_batch_tokens": 10240,
                 "max_batch_size": 512,
-                "num_threads": 1,
+                # measured best end to end on 2 cores (bench/RESULTS.md); passive keeps two
+                # threads from collapsing when other jobs load the machine
+                "num_threads": 2,
                 "omp_wait_policy": "passive",
             },
         )

@@ -161,7 +161,7 @@ def test_default_config_per_machine(cuda: bool) -> None:
         )
         opts = m.driver.typed_options()
         assert isinstance(opts, PortableOptions)
-        assert (opts.kv_page_size, opts.num_threads, opts.omp_wait_policy) == (16, 1, "passive")
+        assert (opts.kv_page_size, opts.num_threads, opts.omp_wait_policy) == (16, 2, "passive")
     # what init writes reads back to the same config
     assert parse_config(tomllib.loads(dump_config(cfg)), "dump") == cfg
 
