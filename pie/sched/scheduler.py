@@ -87,6 +87,7 @@ class Scheduler:
         *,
         max_concurrent_processes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pending_clients: Callable[[], int] | None = None,
     ) -> None:
         cfg = cfg if cfg is not None else SchedulerSettings()
         winfo = worker.info
@@ -119,6 +120,12 @@ class Scheduler:
         self.request_timeout = float(timeout)
         self.restore_pause_at_utilization = cfg.restore_pause_at_utilization
         self._clock = clock
+        # How many clients are still running and may submit a pass any moment (for the sandbox:
+        # guests not parked on a host future). When set, a batch about to fire waits for them
+        # (bounded by `_cohort_budget`), so a cohort whose passes come back staggered is not
+        # split into halves that then take turns at the worker for good.
+        self._pending_clients = pending_clients
+        self._last_latency = 0.0
         self._stats = SchedulerStats()
         self._queue: deque[PendingForward] = deque()
         self._last_pass: dict[int, PendingForward] = {}  # newest queued pass per context id
@@ -409,6 +416,8 @@ class Scheduler:
                     await asyncio.sleep(0)
                     if len(self._queue) == before:
                         break
+                if self._pending_clients is not None and self.policy.name != "greedy":
+                    await self._complete_cohort()
                 batch = self._next_batch()
                 if batch is None:
                     if self._queue:  # nothing runnable (e.g. suspended contexts): wait for news
@@ -422,6 +431,25 @@ class Scheduler:
             self._dead = f"the scheduler of model {self.info.name!r} crashed: {e}"
             self._fail_queued(EngineError(self._dead))
             raise
+
+    async def _complete_cohort(self) -> None:
+        """Let clients that are still running queue their pass before the batch is built.
+
+        Bounded by half the last batch latency (at least 2 ms), so a client that computes for a
+        long time (or spins) delays a batch by at most that much.
+        """
+        probe = self._pending_clients
+        assert probe is not None
+        start = self._clock()
+        budget = max(0.002, 0.5 * self._last_latency)
+        turns = 0
+        while len(self._queue) < self.max_batch_size and probe() > 0:
+            if self._clock() - start >= budget:
+                break
+            turns += 1
+            # guests run on this loop: yield turns first, then sleep briefly so a client running
+            # on another thread does not make this a busy wait
+            await asyncio.sleep(0 if turns < 64 else 0.0005)
 
     def wake(self) -> None:
         """Make the loop look at the queue again (a context became runnable)."""
@@ -519,6 +547,7 @@ class Scheduler:
                 self._finish_ok(part.req)
         self._stats.record_batch(len(batch.parts), batch.num_tokens, batch.num_outputs, latency)
         self.policy.fired(len(batch.parts), latency)
+        self._last_latency = latency
 
     # --- completion ---------------------------------------------------------------------------
 
