@@ -238,20 +238,40 @@ async def _private_engine(cfg: Any, say: Any) -> Any:
         await engine.stop()
 
 
+def median_run(runs: list[RunResult]) -> RunResult:
+    """The run with the median throughput (the lower middle one for an even count)."""
+    ranked = sorted(runs, key=lambda r: r.tokens / r.wall_s)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 async def run_engine(
-    cfg: Any, ns: list[int], output_tokens: int, direct: bool, say: Any
+    cfg: Any, ns: list[int], output_tokens: int, direct: bool, say: Any, repeats: int = 1
 ) -> list[RunResult]:
-    """Every N through inferlets (then directly through the scheduler, when asked)."""
+    """Every N through inferlets (and directly through the scheduler, when asked).
+
+    With `repeats > 1` each system runs that many times in alternating order (pie, direct,
+    direct, pie, ...) so neither profits from going second; the median run of each is kept.
+    """
     results: list[RunResult] = []
     async with _private_engine(cfg, say) as (engine, client):
         service = next(iter(engine.engines.values()))
         for n in ns:
-            say(f"pie: {n} concurrent inferlets x {output_tokens} tokens")
             prompts = workload_prompts(n)
-            results.append(await run_pie(engine, client, prompts, output_tokens))
+            runs: dict[str, list[RunResult]] = {"pie": [], "direct": []}
+            for rep in range(repeats):
+                order = ["pie", "direct"] if rep % 2 == 0 else ["direct", "pie"]
+                for system in order:
+                    if system == "pie":
+                        say(f"pie: {n} concurrent inferlets x {output_tokens} tokens")
+                        runs["pie"].append(await run_pie(engine, client, prompts, output_tokens))
+                    elif direct:
+                        say(f"direct: {n} sequences x {output_tokens} tokens")
+                        runs["direct"].append(
+                            await run_direct(service, prompts, output_tokens, f"{n}-{rep}")
+                        )
+            results.append(median_run(runs["pie"]))
             if direct:
-                say(f"direct: {n} sequences x {output_tokens} tokens")
-                results.append(await run_direct(service, prompts, output_tokens, str(n)))
+                results.append(median_run(runs["direct"]))
     return results
 
 
@@ -558,9 +578,12 @@ def throughput(
     baseline_threads: int | None = None,
     json_path: Path | None = None,
     quiet: bool = False,
+    repeats: int = 1,
 ) -> list[RunResult]:
     """Run the whole benchmark and print its table; returns the rows (used by bench/)."""
     ns = _numbers(concurrency, "--concurrency")
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1.")
     if output_tokens < 2:
         raise UserError("--output-tokens must be at least 2 (TPOT needs two tokens).")
     for b in baselines or []:
@@ -578,7 +601,7 @@ def throughput(
 
     cfg = _bench_config(config, num_threads, omp_wait_policy)
     model = cfg.models[0]
-    results = _run_loop(run_engine(cfg, ns, output_tokens, direct, say))
+    results = _run_loop(run_engine(cfg, ns, output_tokens, direct, say, repeats))
     threads = baseline_threads or os.cpu_count() or 1
     if "transformers" in (baselines or []):
         results += run_transformers(model.hf_repo, ns, output_tokens, threads, say)
@@ -631,6 +654,12 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--json", help="Also write the rows to this JSON file.")
         ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+        repeats: Annotated[
+            int,
+            typer.Option(
+                "--repeats", help="Runs per system and N, in alternating order; the median is kept."
+            ),
+        ] = 1,
     ) -> None:
         """N concurrent text completions: tok/s, TTFT, TPOT and batch size, against baselines."""
         throughput(
@@ -644,6 +673,7 @@ def register(app: typer.Typer) -> None:
             baseline_threads,
             json_out,
             quiet,
+            repeats,
         )
 
     @bench.command("latency")
