@@ -613,6 +613,20 @@ def throughput(
     return results
 
 
+# options shared by the bench commands
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."),
+]
+NumThreadsOption = Annotated[
+    int | None, typer.Option("--num-threads", help="Override the worker's num_threads.")
+]
+WaitPolicyOption = Annotated[
+    str | None, typer.Option("--omp-wait-policy", help="Override the worker's omp_wait_policy.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
 def register(app: typer.Typer) -> None:
     bench = typer.Typer(help="Benchmarks: end-to-end throughput against baselines.")
     app.add_typer(bench, name="bench")
@@ -633,17 +647,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--baseline", help="transformers or llama-cpp (repeatable)."),
         ] = None,
-        config: Annotated[
-            Path | None,
-            typer.Option("--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."),
-        ] = None,
-        num_threads: Annotated[
-            int | None, typer.Option("--num-threads", help="Override the worker's num_threads.")
-        ] = None,
-        omp_wait_policy: Annotated[
-            str | None,
-            typer.Option("--omp-wait-policy", help="Override the worker's omp_wait_policy."),
-        ] = None,
+        config: ConfigOption = None,
+        num_threads: NumThreadsOption = None,
+        omp_wait_policy: WaitPolicyOption = None,
         baseline_threads: Annotated[
             int | None,
             typer.Option(
@@ -653,7 +659,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[
             Path | None, typer.Option("--json", help="Also write the rows to this JSON file.")
         ] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+        quiet: QuietOption = False,
         repeats: Annotated[
             int,
             typer.Option(
@@ -685,18 +691,10 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--output-tokens", help="New tokens per run (EOS ignored).")
         ] = 32,
         repeats: Annotated[int, typer.Option("--repeats", "-r", help="Runs per length.")] = 5,
-        config: Annotated[
-            Path | None,
-            typer.Option("--config", "-c", help="Config file (default: $PIE_HOME/config.toml)."),
-        ] = None,
-        num_threads: Annotated[
-            int | None, typer.Option("--num-threads", help="Override the worker's num_threads.")
-        ] = None,
-        omp_wait_policy: Annotated[
-            str | None,
-            typer.Option("--omp-wait-policy", help="Override the worker's omp_wait_policy."),
-        ] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+        config: ConfigOption = None,
+        num_threads: NumThreadsOption = None,
+        omp_wait_policy: WaitPolicyOption = None,
+        quiet: QuietOption = False,
     ) -> None:
         """One sequence at a time: TTFT and TPOT through inferlets and directly."""
         latency(prompt_tokens, output_tokens, repeats, config, num_threads, omp_wait_policy, quiet)
