@@ -83,9 +83,8 @@ def test_pie_and_direct_runs_on_the_real_engine(engine):
         assert r.n == n and r.tokens == n * tokens  # exactly `tokens` each: EOS is ignored
         assert len(r.ttft_s) == n and len(r.tpot_s) == n
         assert all(t > 0 for t in r.ttft_s + r.tpot_s)
-    # the batch-size figure is read from the scheduler: shared batches show as a mean above 1
-    # (how much sharing inferlets get is the 32-way test's subject, not this one's)
-    assert pie.mean_batch is not None and pie.mean_batch > 1
-    assert direct.mean_batch is not None and direct.mean_batch > 2
+    # the batch-size figure is read from the scheduler: the sequences shared batches
+    for r in (pie, direct):
+        assert r.mean_batch is not None and r.mean_batch > 2, r
     stats = engine.stats()
     assert stats["processes"] == 0 and stats["contexts"] == 0  # both paths cleaned up
