@@ -161,8 +161,11 @@ async def run_pie(engine: Any, client: Any, prompts: list[str], output_tokens: i
     return _from_stamps("pie", t0, list(stamps), _batch_delta(before, service.stats()))
 
 
-async def run_direct(service: Any, prompts: list[str], output_tokens: int, tag: str) -> RunResult:
-    """The same sequences through the scheduler's `EngineService`, as an inferlet would call it."""
+async def run_direct(
+    service: Any, prompts: list[str], output_tokens: int, tag: str, lookahead: bool = True
+) -> RunResult:
+    """The same sequences through the scheduler's `EngineService`, as an inferlet would call it
+    (with the SDK's default lookahead: each step's pass chained to the one before)."""
     from pie.ipc.messages import SamplerSpec
     from pie.sched.api import ForwardRequest
 
@@ -185,28 +188,43 @@ async def run_direct(service: Any, prompts: list[str], output_tokens: int, tag: 
         try:
             ctx = service.create_context(pid)
             stamps: list[float] = []
-            kv = working_pages = working_tokens = 0  # as the SDK's Context tracks them
-            tokens = prompt
-            for _ in range(output_tokens):
-                need = -(-(working_tokens + len(tokens)) // page) - working_pages
+            # as the SDK's Context and generation loop track them: pages are reserved for the
+            # passes in flight too, and (lookahead) the next step is queued, chained to this
+            # one, before this one is read
+            working_pages = working_tokens = inflight = kv = 0
+
+            async def submit(tokens: list[int], start: int, after: Any = None) -> tuple:
+                nonlocal working_pages, inflight
+                need = -(-(working_tokens + inflight + len(tokens)) // page) - working_pages
                 if need > 0:
                     await service.reserve_pages(pid, ctx, need)
                     working_pages += need
-                rows = await service.forward(
-                    pid,
-                    ForwardRequest(
-                        ctx, tokens, list(range(kv, kv + len(tokens))), [(len(tokens) - 1, greedy)]
-                    ),
+                req = ForwardRequest(
+                    ctx, tokens, list(range(start, start + len(tokens))),
+                    [(len(tokens) - 1, greedy)], after=after,
                 )
+                inflight += len(tokens)
+                return req, asyncio.ensure_future(service.forward(pid, req)), len(tokens)
+
+            cur = await submit(prompt, 0)
+            for step in range(output_tokens):
+                more = step + 1 < output_tokens
+                ahead = await submit([0], kv + cur[2], after=cur[0]) if lookahead and more else None
+                rows = await cur[1]
                 stamps.append(time.perf_counter())
-                kv += len(tokens)
-                working_tokens += len(tokens)
+                n = cur[2]
+                inflight -= n
+                kv += n
+                working_tokens += n
                 full = working_tokens // page
                 if full:
                     service.commit_pages(pid, ctx, full)
                     working_pages -= full
                     working_tokens -= full * page
-                tokens = [rows[0].token]
+                if ahead is not None:
+                    cur = ahead
+                elif more:
+                    cur = await submit([rows[0].token], kv)
             service.destroy_context(pid, ctx)
             return stamps
         finally:

@@ -394,7 +394,8 @@ def _check_brle(runs: list[int], total: int | None, what: str) -> None:
 
 
 def inf_forward(st: GuestState, c: int, tokens: list[int], positions: list[int],
-                samplers: list[tuple], attn: list[list[int]], mask: list[int]) -> int:
+                samplers: list[tuple], attn: list[list[int]], mask: list[int],
+                after: ForwardRequest | None = None) -> int:
     eng, cid = st.context(c)
     n = len(tokens)
     if n == 0:
@@ -422,15 +423,33 @@ def inf_forward(st: GuestState, c: int, tokens: list[int], positions: list[int],
             entropy=ent)
         outputs.append((idx, spec))
     req = ForwardRequest(ctx=cid, tokens=tokens, positions=positions, outputs=outputs,
-                         attention_mask=attn or None, logit_mask=mask or None)
+                         attention_mask=attn or None, logit_mask=mask or None, after=after)
     fut = asyncio.ensure_future(eng.forward(st.pid, req))
-    return st.add_future("forward", fut, [s for _, s in outputs])
+    return st.add_future("forward", fut, ([s for _, s in outputs], req, eng))
+
+
+def inf_forward_after(st: GuestState, c: int, after: int, tokens: list[int],
+                      positions: list[int], samplers: list[tuple], attn: list[list[int]],
+                      mask: list[int]) -> int:
+    kind, fut, meta = st.future(after)
+    if kind != "forward":
+        raise GuestError(f"future {after} is not a forward pass")
+    specs, prev, prev_eng = meta
+    if prev_eng is not st.context(c)[0]:
+        raise GuestError("a chained forward pass must run on the model of the pass it follows")
+    if not any(s.sample for s in specs):
+        raise GuestError(f"forward pass {after} samples no token to feed a chained pass")
+    if fut.done() and (fut.cancelled() or fut.exception() is not None):
+        raise GuestError(f"forward pass {after} failed; nothing to feed from")
+    # index 0 is a placeholder the engine replaces by the token `after` samples
+    return inf_forward(st, c, [0, *tokens], positions, samplers, attn, mask, after=prev)
 
 
 def _output(st: GuestState, h: int) -> tuple[list[RowResult], list[SamplerSpec]]:
-    kind, fut, specs = st.future(h)
+    kind, fut, meta = st.future(h)
     if kind != "forward":
         raise GuestError(f"future {h} is not a forward pass")
+    specs = meta[0]
     if not fut.done():
         raise GuestError(f"forward pass {h} has not finished; wait on it first")
     if fut.cancelled():
@@ -751,6 +770,8 @@ IMPORTS: list[tuple[str, str, Callable, list[Ty], Ty | None, bool]] = [
     ("context", "set-bid", cx_set_bid, [U32, F64], _R(None), False),
     ("inference", "forward", inf_forward,
      [U32, LIST_U32, LIST_U32, LIST(SAMPLER), LIST(LIST_U32), LIST_U32], _R(U32), False),
+    ("inference", "forward-after", inf_forward_after,
+     [U32, U32, LIST_U32, LIST_U32, LIST(SAMPLER), LIST(LIST_U32), LIST_U32], _R(U32), False),
     ("inference", "tokens", inf_tokens, [U32], _R(LIST_U32), False),
     ("inference", "distribution", inf_distribution, [U32, U32],
      _R(TUPLE(LIST_U32, LIST_F32)), False),

@@ -257,14 +257,28 @@ class FakeEngine:
     # --- forward -------------------------------------------------------------------------
 
     async def forward(self, pid: str, req: ForwardRequest) -> list[RowResult]:
-        c = self._own(pid, req.ctx)
-        ps = self.info.page_size
-        capacity = (c.committed_pages + c.working_pages) * ps
-        after = len(c.committed) + len(c.working) + len(req.tokens)
-        if after > capacity:
-            raise EngineError(f"the pass needs {after} KV slots but only {capacity} are "
-                              f"reserved; reserve pages first")
         fut = asyncio.get_running_loop().create_future()
+        req.ticket = fut
+        try:
+            if req.after is not None:  # chained: wait for the token it feeds on
+                prev = req.after.ticket
+                if not isinstance(prev, asyncio.Future):
+                    raise EngineError("a chained forward pass must follow a queued pass")
+                rows = await asyncio.shield(prev)
+                fed = next(r.token for r, (_, s) in zip(rows, req.after.outputs) if s.sample)
+                req.tokens = [fed, *req.tokens[1:]]
+            c = self._own(pid, req.ctx)
+            ps = self.info.page_size
+            capacity = (c.committed_pages + c.working_pages) * ps
+            after = len(c.committed) + len(c.working) + len(req.tokens)
+            if after > capacity:
+                raise EngineError(f"the pass needs {after} KV slots but only {capacity} are "
+                                  f"reserved; reserve pages first")
+        except BaseException as e:
+            if not fut.done():  # passes chained to this one fail with it
+                fut.set_exception(e if isinstance(e, Exception) else EngineError("cancelled"))
+                fut.exception()
+            raise
         self._queue.append((fut, pid, req))
         self.forward_calls += 1
         if not self._flush_scheduled:

@@ -49,6 +49,13 @@ class ForwardRequest:
     outputs: list[tuple[int, SamplerSpec]] = field(default_factory=list)
     attention_mask: list[list[int]] | None = None
     logit_mask: list[int] | None = None
+    after: ForwardRequest | None = None
+    """When set, `tokens[0]` is a placeholder for the token that `after`'s first sampling
+    output produces; the pass is queued at once and becomes runnable the moment `after`
+    finishes, so a decode loop keeps one pass ahead of its caller. If `after` fails, so does
+    this pass."""
+    ticket: object | None = field(default=None, repr=False)
+    """Set by the engine when the pass is queued (what `after` of a later pass links to)."""
 
 
 @dataclass(slots=True)

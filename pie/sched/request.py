@@ -33,6 +33,11 @@ class PendingForward:
     n: int = 0  # number of input tokens
     sent: int = 0  # tokens already handed to the worker in earlier chunks
     results: list[RowResult | None] = field(default_factory=list)
+    # chained input: tokens[0] is the token of output `feed_slot` of pass `feed`, which has
+    # not finished yet; the pass is not runnable until then (see Scheduler._feed_followers)
+    feed: PendingForward | None = None
+    feed_slot: int = 0
+    followers: list[PendingForward] | None = None
 
     @property
     def size(self) -> int:

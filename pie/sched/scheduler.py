@@ -129,6 +129,7 @@ class Scheduler:
         self._stats = SchedulerStats()
         self._queue: deque[PendingForward] = deque()
         self._last_pass: dict[int, PendingForward] = {}  # newest queued pass per context id
+        self._last_parts = 0  # passes in the last batch (the cohort a ready queue must match)
         self._arrival = asyncio.Event()
         self._wake_at = 1  # queue length at which an arrival wakes the loop (see _run)
         self._worker_lock = asyncio.Lock()
@@ -296,6 +297,7 @@ class Scheduler:
             raise EngineError("the scheduler is not running; call start() first")
         rec = self.admission.get(pid)
         ctx = self.kv.get(pid, req.ctx)
+        feed = self._feed_of(pid, req)
         p = self._validate(pid, ctx, req)
         self.admission.charge(rec, p.size)
         try:
@@ -303,6 +305,16 @@ class Scheduler:
         except EngineError:
             self.admission.refund(rec, p.size)
             raise
+        req.ticket = p
+        if feed is not None:
+            source, slot = feed
+            if source.future.done():  # finished between the caller's submit and now
+                self._fill(p, source.results[slot].token)  # type: ignore[union-attr]
+            else:
+                p.feed, p.feed_slot = source, slot
+                if source.followers is None:
+                    source.followers = []
+                source.followers.append(p)
         self._queue.append(p)
         self._last_pass[ctx.id] = p
         if len(self._queue) >= self._wake_at:
@@ -315,6 +327,51 @@ class Scheduler:
                 self._queue.remove(p)
                 self._finish_failed(p, EngineError("the forward pass was cancelled"))
             raise
+
+    def _feed_of(self, pid: str, req: ForwardRequest) -> tuple[PendingForward, int] | None:
+        """The pass (and its output index) whose sampled token `req.tokens[0]` waits for."""
+        after = req.after
+        if after is None:
+            return None
+        source = after.ticket
+        if not isinstance(source, PendingForward) or source.pid != pid:
+            raise EngineError(
+                "a chained forward pass must follow a pass this process submitted to this model"
+            )
+        if source.future.done() and (source.future.cancelled() or source.future.exception()):
+            raise EngineError("the forward pass this one follows failed; nothing to feed from")
+        for slot, spec in enumerate(source.samplers):
+            if spec.sample:
+                break
+        else:
+            raise EngineError("a chained forward pass must follow a pass that samples a token")
+        if not req.tokens:
+            raise EngineError("a chained forward pass needs a placeholder first token")
+        return source, slot
+
+    def _fill(self, p: PendingForward, token: int) -> None:
+        """Put a chained pass's input token in place; the pass becomes runnable."""
+        p.tokens[0] = token
+        p.ctx.tokens[p.start] = token  # what the page hash of this slot covers
+        p.feed = None
+
+    def _feed_followers(self, p: PendingForward) -> None:
+        for f in p.followers or ():
+            if not f.future.done():
+                self._fill(f, p.results[f.feed_slot].token)  # type: ignore[union-attr]
+        p.followers = None
+
+    def _fail_followers(self, p: PendingForward, err: Exception) -> None:
+        followers, p.followers = p.followers or [], None
+        for f in followers:
+            if f.future.done():
+                continue
+            cause = EngineError(f"the forward pass it follows failed: {err}")
+            if f in self._queue and f.sent == 0:
+                self._queue.remove(f)
+                self._finish_failed(f, cause)
+            else:
+                f.future.set_exception(cause)
 
     def _validate(self, pid: str, ctx: Context, req: ForwardRequest) -> PendingForward:
         n = len(req.tokens)
@@ -411,13 +468,16 @@ class Scheduler:
                     await self._wait_arrival(min(delay, wait))
                     self._wake_at = 1
                     continue
-                for _ in range(self.policy.settle_turns):
-                    before = len(self._queue)
-                    await asyncio.sleep(0)
-                    if len(self._queue) == before:
-                        break
-                if self._pending_clients is not None and self.policy.name != "greedy":
-                    await self._complete_cohort()
+                if not self._cohort_ready():
+                    for _ in range(self.policy.settle_turns):
+                        before = len(self._queue)
+                        await asyncio.sleep(0)
+                        if len(self._queue) == before:
+                            break
+                    if self._pending_clients is not None and self.policy.name != "greedy":
+                        await self._complete_cohort()
+                # no await between here and the worker ring: a cohort of chained passes goes
+                # out before the callers woken by the previous batch start running
                 batch = self._next_batch()
                 if batch is None:
                     if self._queue:  # nothing runnable (e.g. suspended contexts): wait for news
@@ -431,6 +491,24 @@ class Scheduler:
             self._dead = f"the scheduler of model {self.info.name!r} crashed: {e}"
             self._fail_queued(EngineError(self._dead))
             raise
+
+    def _cohort_ready(self) -> bool:
+        """Whether the queue already holds a whole cohort of runnable passes.
+
+        Chained passes (`ForwardRequest.after`) become runnable the moment the previous batch
+        finishes; when at least as many are runnable as the last batch carried, waiting for
+        callers gains nothing, so the batch fires at once and overlaps with their work.
+        """
+        want = self._last_parts
+        if want == 0:
+            return False
+        ready = 0
+        for p in self._queue:
+            if p.feed is None:
+                ready += 1
+                if ready >= want:
+                    return True
+        return False
 
     async def _complete_cohort(self) -> None:
         """Let clients that are still running queue their pass before the batch is built.
@@ -548,6 +626,7 @@ class Scheduler:
         self._stats.record_batch(len(batch.parts), batch.num_tokens, batch.num_outputs, latency)
         self.policy.fired(len(batch.parts), latency)
         self._last_latency = latency
+        self._last_parts = len(batch.parts)
 
     # --- completion ---------------------------------------------------------------------------
 
@@ -555,10 +634,18 @@ class Scheduler:
         self.kv.end_write(p.ctx, p.start, p.end, ok=True)
         self._forget(p)
         self._stats.requests += 1
+        if p.followers:
+            self._feed_followers(p)
         if not p.future.done():
             p.future.set_result(p.results)  # type: ignore[arg-type]
 
     def _finish_failed(self, p: PendingForward, err: Exception) -> None:
+        if p.feed is not None:
+            if p.feed.followers and p in p.feed.followers:
+                p.feed.followers.remove(p)
+            p.feed = None
+        if p.followers:
+            self._fail_followers(p, err)
         later = self.kv.end_write(p.ctx, p.start, p.end, ok=False)
         if later:
             # queued passes of the same context were built on this one: they fail with it

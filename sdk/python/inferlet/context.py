@@ -14,9 +14,19 @@ from wit_world.imports import context as _ctx
 
 from . import _loop
 from ._errors import PieError, call
-from .forward import Forward, Output, submit
+from .forward import Forward, Output, submit, submit_after
 from .model import Model
 from .sampler import Probe, Sampler
+
+
+class Ahead:
+    """A one-token pass queued ahead by a generation, fed by the token of the pass before it."""
+
+    __slots__ = ("fed", "handle", "position", "slots")
+
+    def __init__(self, handle: int, position: int, slots: list) -> None:
+        self.handle, self.position, self.slots = handle, position, slots
+        self.fed = -1  # the token it feeds, once the pass before it has been read
 
 
 class Context:
@@ -35,6 +45,8 @@ class Context:
         self._rendered = ""
         self._turn_open = False  # after cue(), until the generated reply is recorded
         self._released = False
+        self._inflight = 0  # input tokens of passes submitted and not yet completed
+        self._ahead: Ahead | None = None  # a chained pass a generation queued ahead
 
     # --- chat fills (no engine work until the next pass) ----------------------------------
 
@@ -124,6 +136,7 @@ class Context:
         feeds it, because sampling needs that token's output row. `keep_last=False` writes
         everything (what `save` does).
         """
+        await self.settle()
         self._check()
         tokens = self._take_buffer()
         if keep_last and tokens:
@@ -139,6 +152,7 @@ class Context:
     async def _run_pass(self, tokens: list[int], positions: list[int],
                         slots: list[tuple[int, Sampler | Probe]], attn: list[list[int]],
                         mask: list[int], take_pending: bool = True) -> Output:
+        await self.settle()
         self._check()
         pending = self._take_buffer() if take_pending else []
         if pending:  # tokens buffered before this pass go first (slot indices count them)
@@ -147,17 +161,44 @@ class Context:
             tokens = pending + list(tokens)
         if not tokens:
             raise PieError("a forward pass needs at least one input token")
-        n = len(tokens)
-        need = -(-(self.working_tokens + n) // self.page_size) - self.working_pages
+        handle = self._submit(tokens, positions, slots, attn, mask)
+        return await self._complete(handle, len(tokens), positions, slots)
+
+    def _reserve_for(self, n: int) -> None:
+        need = (-(-(self.working_tokens + self._inflight + n) // self.page_size)
+                - self.working_pages)
         if need > 0:
             call(_ctx.reserve_pages, self._h, need)
             self.working_pages += need
+
+    def _submit(self, tokens: list[int], positions: list[int],
+                slots: list[tuple[int, Sampler | Probe]], attn: list[list[int]],
+                mask: list[int]) -> int:
+        """Reserve the pages `tokens` need and queue the pass; `_complete` finishes it."""
+        self._reserve_for(len(tokens))
         handle = submit(self._h, tokens, positions, slots, attn, mask)
-        await _loop.wait_for(handle)
+        self._inflight += len(tokens)
+        return handle
+
+    def _submit_after(self, after: int, position: int,
+                      slots: list[tuple[int, Sampler | Probe]], mask: list[int]) -> int:
+        """Queue a one-token pass fed by the token pass `after` samples (see `generate`)."""
+        self._reserve_for(1)
+        handle = submit_after(self._h, after, [position], slots, mask)
+        self._inflight += 1
+        return handle
+
+    async def _complete(self, handle: int, n: int, positions: list[int],
+                        slots: list[tuple[int, Sampler | Probe]], commit: bool = True) -> Output:
+        """Wait for a submitted pass, then account its tokens and commit full pages."""
+        try:
+            await _loop.wait_for(handle)
+        finally:
+            self._inflight -= n
         out = Output(handle, [s for _, s in slots])
         self.working_tokens += n
         self.seq_len = max(self.seq_len + n, max(positions) + 1)
-        full = self.working_tokens // self.page_size
+        full = self.working_tokens // self.page_size if commit else 0
         if full:
             call(_ctx.commit_pages, self._h, full)
             self.committed_pages += full
@@ -165,15 +206,47 @@ class Context:
             self.working_tokens -= full * self.page_size
         return out
 
+    async def settle(self) -> None:
+        """Undo a pass a generation queued ahead and no longer needs.
+
+        A generation submits its next step before the inferlet reads the current one; when it
+        ends on a stop token (or the inferlet leaves the loop early), that step has already
+        written the last sampled token. Settling waits for it and takes the token back out of
+        the KV into the pending input, exactly where it is without lookahead; the step's own
+        output is dropped. Every operation on the context settles first, and so does the end
+        of an `async for` over `generate`.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        out = await self._complete(ahead.handle, 1, [ahead.position], ahead.slots, commit=False)
+        out.release()
+        call(_ctx.truncate_tokens, self._h, 1)
+        self.working_tokens -= 1
+        self.seq_len -= 1
+        self._buffer.insert(0, ahead.fed)
+
+    def _check_settled(self) -> None:
+        if self._ahead is not None:
+            raise PieError("a generation step of this context is still running; finish the "
+                           "`async for` over generate() or `await ctx.settle()` first")
+
     def generate(self, sampler: Sampler | None = None, *, max_tokens: int = 256,
                  stop: list[int] | None = None, constrain: Any = None,
                  logit_mask: list[int] | None = None, ignore_eos: bool = False,
-                 probes: list[Probe] | None = None):
+                 probes: list[Probe] | None = None, lookahead: bool = True):
+        """Steps of token generation (see `inferlet.generation`).
+
+        `lookahead` (default on, off with a constraint) queues step k+1, fed by the token step
+        k samples, before the inferlet reads step k, so the engine never waits for the
+        inferlet between steps. A generation that ends on a stop token then computes one
+        extra step, whose output is discarded.
+        """
         from .generation import Generator
 
         return Generator(self, sampler or Sampler.argmax(), max_tokens=max_tokens, stop=stop,
                          constrain=constrain, logit_mask=logit_mask, ignore_eos=ignore_eos,
-                         probes=probes)
+                         probes=probes, lookahead=lookahead)
 
     async def generate_text(self, sampler: Sampler | None = None, *, max_tokens: int = 256,
                             stop: list[int] | None = None, constrain: Any = None,
@@ -190,6 +263,7 @@ class Context:
 
     async def fork(self) -> Context:
         """A copy sharing this context's KV; pending (unflushed) input is copied too."""
+        await self.settle()
         self._check()
         child = Context(self.model, _handle=call(_ctx.fork, self._h))
         child._copy_pending_from(self)
@@ -197,6 +271,7 @@ class Context:
 
     def fork_sync(self) -> Context:
         self._check()
+        self._check_settled()
         child = Context(self.model, _handle=call(_ctx.fork, self._h))
         child._copy_pending_from(self)
         return child
@@ -228,10 +303,12 @@ class Context:
 
     def truncate(self, n: int) -> None:
         """Forget the last n tokens written into working pages."""
+        self._check_settled()
         call(_ctx.truncate_tokens, self._h, n)
         self._sync()
 
     def release_pages(self, n: int) -> None:
+        self._check_settled()
         call(_ctx.release_pages, self._h, n)
         self._sync()
 
@@ -247,6 +324,7 @@ class Context:
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self._ahead = None  # a pass still queued ahead is dropped with the context
             call(_ctx.destroy, self._h)
 
     destroy = release

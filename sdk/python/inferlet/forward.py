@@ -135,3 +135,10 @@ def submit(ctx_handle: int, tokens: list[int], positions: list[int],
            slots: list[tuple[int, Sampler | Probe]], attn: list[list[int]], mask: list[int]) -> int:
     recs = [sampler_record(i, s) for i, s in slots]
     return call(_inf.forward, ctx_handle, tokens, positions, recs, attn, mask)
+
+
+def submit_after(ctx_handle: int, after: int, positions: list[int],
+                 slots: list[tuple[int, Sampler | Probe]], mask: list[int]) -> int:
+    """Queue a one-token pass whose input is the token pass `after` samples (not known yet)."""
+    recs = [sampler_record(i, s) for i, s in slots]
+    return call(_inf.forward_after, ctx_handle, after, [], positions, recs, [], mask)

@@ -4,6 +4,14 @@ Each step feeds the pending input (the prompt on the first step, then the last s
 samples one token at the last input, and stops at a stop token or `max_tokens`. The sampled
 token enters the KV cache on the next pass, so a finished context ends with its last token
 still pending (a later fill or flush writes it).
+
+Lookahead (the default without constraints): when a step is executed, the pass of the step
+after it is queued at once, chained to this one (`inference.forward-after`: its input is the
+token this pass samples, filled in by the engine). The engine can then run step k+1 while the
+inferlet handles step k's token. A generation that stops on a stop token has already queued the
+pass that feeds the stop token; when the loop ends (or at the context's next operation) that
+pass is undone (`Context.settle`), so the context ends exactly as without lookahead. Input
+appended to the context between steps is handled the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from wit_world.imports import poll as _poll
+
 from ._errors import PieError
+from .context import Ahead
 from .forward import Output
 from .sampler import Probe, Sampler
 
@@ -52,7 +63,7 @@ class GenStep:
 class Generator:
     def __init__(self, ctx, sampler: Sampler, *, max_tokens: int, stop: list[int] | None,
                  constrain: Any, logit_mask: list[int] | None, ignore_eos: bool,
-                 probes: list[Probe] | None) -> None:
+                 probes: list[Probe] | None, lookahead: bool = True) -> None:
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
         self.ctx = ctx
@@ -72,6 +83,7 @@ class Generator:
         self._last: list[int] = []
         self.done = max_tokens == 0
         self.stopped_by: int | None = None
+        self._lookahead = lookahead and not self._constraints
 
     def is_done(self) -> bool:
         return self.done
@@ -84,31 +96,62 @@ class Generator:
 
     async def __anext__(self) -> GenStep:
         if self.done:
+            await self.ctx.settle()
             raise StopAsyncIteration
         return GenStep(self)
+
+    def _slots(self, last: int) -> list[tuple[int, Sampler | Probe]]:
+        return [(last, self.sampler)] + [(last, p) for p in self._probes]
 
     async def _step(self) -> StepOutput:
         if self.done:
             raise PieError("this generation is finished")
         ctx = self.ctx
-        mask = self._mask
-        for c in self._constraints:
-            m = c.step(self._last)
-            mask = _brle_and(mask, m) if mask else list(m)
-        tokens = ctx._take_buffer()
-        if not tokens:
+        ahead = ctx._ahead
+        if ahead is not None and (ctx._buffer or ctx._text):
+            # input was appended since the last step: it goes after the last sampled token,
+            # which the pass queued ahead fed without it; undo that pass and rebuild the step
+            await ctx.settle()
+            ahead = None
+        if ahead is None:
+            await ctx.settle()
+            mask = self._mask
+            for c in self._constraints:
+                m = c.step(self._last)
+                mask = _brle_and(mask, m) if mask else list(m)
+            tokens = ctx._take_buffer()
+            if not tokens:
+                self.done = True
+                raise PieError("nothing to generate from: the context has no pending input; "
+                               "append at least one token (e.g. the next turn) first")
+            slots = self._slots(len(tokens) - 1)
+            pos = list(range(ctx.seq_len, ctx.seq_len + len(tokens)))
+            handle = ctx._submit(tokens, pos, slots, [], mask)
+        else:
+            ctx._ahead = None
+            handle, pos, slots = ahead.handle, [ahead.position], ahead.slots
+        if self._lookahead and len(self.generated) + 1 < self.max_tokens:
+            nxt_slots = self._slots(0)
+            nxt_pos = pos[-1] + 1
+            ctx._ahead = Ahead(ctx._submit_after(handle, nxt_pos, nxt_slots, self._mask),
+                               nxt_pos, nxt_slots)
+        try:
+            out = await ctx._complete(handle, len(pos), pos, slots)
+        except BaseException:
+            # the pass queued ahead fails with this one
+            dropped, ctx._ahead = ctx._ahead, None
+            if dropped is not None:
+                ctx._inflight -= 1
+                _poll.release(dropped.handle)
             self.done = True
-            raise PieError("nothing to generate from: the context has no pending input; "
-                           "append at least one token (e.g. the next turn) first")
-        last = len(tokens) - 1
-        slots: list[tuple[int, Sampler | Probe]] = [(last, self.sampler)]
-        slots += [(last, p) for p in self._probes]
-        pos = list(range(ctx.seq_len, ctx.seq_len + len(tokens)))
-        out = await ctx._run_pass(tokens, pos, slots, [], mask)
+            raise
         tok = out.tokens[0]
         self.generated.append(tok)
         self._last = [tok]
-        ctx._buffer.append(tok)
+        if ctx._ahead is None:
+            ctx._buffer.append(tok)
+        else:
+            ctx._ahead.fed = tok  # the pass queued ahead feeds it
         if tok in self.stop:
             self.done, self.stopped_by = True, tok
         elif len(self.generated) >= self.max_tokens:
