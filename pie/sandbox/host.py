@@ -469,7 +469,16 @@ def _row(st: GuestState, h: int, slot: int) -> tuple[RowResult, SamplerSpec]:
 
 def inf_tokens(st: GuestState, h: int) -> list[int]:
     rows, specs = _output(st, h)
+    if len(rows) == 1:
+        return [rows[0].token] if specs[0].sample else []
     return [r.token for r, s in zip(rows, specs) if s.sample]
+
+
+def inf_take_tokens(st: GuestState, h: int) -> list[int]:
+    try:
+        return inf_tokens(st, h)
+    finally:
+        st.futures.pop(h, None)
 
 
 def inf_distribution(st: GuestState, h: int, slot: int) -> tuple[list[int], list[float]]:
@@ -773,6 +782,7 @@ IMPORTS: list[tuple[str, str, Callable, list[Ty], Ty | None, bool]] = [
     ("inference", "forward-after", inf_forward_after,
      [U32, U32, LIST_U32, LIST_U32, LIST(SAMPLER), LIST(LIST_U32), LIST_U32], _R(U32), False),
     ("inference", "tokens", inf_tokens, [U32], _R(LIST_U32), False),
+    ("inference", "take-tokens", inf_take_tokens, [U32], _R(LIST_U32), False),
     ("inference", "distribution", inf_distribution, [U32, U32],
      _R(TUPLE(LIST_U32, LIST_F32)), False),
     ("inference", "logits", inf_logits, [U32, U32], _R(BYTES), False),

@@ -24,15 +24,18 @@ class Output:
     """The outputs of one pass, read from the host on demand (logits stay host-side)."""
 
     def __init__(self, handle: int, slots: list[Sampler | Probe]) -> None:
-        self._h = handle
         self._slots = slots
+        if not any(isinstance(s, Probe) for s in slots):
+            # nothing but tokens to read: take them and free the host-side rows in one call
+            self._h = None
+            self.tokens: list[int] = call(_inf.take_tokens, handle)
+            return
+        self._h = handle
         try:
-            self.tokens: list[int] = list(call(_inf.tokens, handle))
+            self.tokens = list(call(_inf.tokens, handle))
         except BaseException:
             self.release()
             raise
-        if not any(isinstance(s, Probe) for s in slots):
-            self.release()  # nothing else to read: free the host-side rows now
 
     def release(self) -> None:
         """Free the host-side results (probes cannot be read afterwards)."""
