@@ -66,7 +66,14 @@ class GuestLoop(asyncio.BaseEventLoop):
 
 async def wait_for(handle: int) -> int:
     """Suspend the calling coroutine until host future `handle` is ready; returns it."""
-    fut = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    if not _pending and not loop._ready and not loop._scheduled:
+        # nothing else in this guest could run meanwhile: park on the host directly (the
+        # same wait the loop's selector would make, without a trip through the loop)
+        while handle not in _poll.wait([handle], -1):
+            pass
+        return handle
+    fut = loop.create_future()
     _pending[handle] = fut
     try:
         return await fut
