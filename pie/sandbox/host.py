@@ -424,7 +424,10 @@ def inf_forward(st: GuestState, c: int, tokens: list[int], positions: list[int],
         outputs.append((idx, spec))
     req = ForwardRequest(ctx=cid, tokens=tokens, positions=positions, outputs=outputs,
                          attention_mask=attn or None, logit_mask=mask or None, after=after)
-    fut = asyncio.ensure_future(eng.forward(st.pid, req))
+    try:
+        fut = eng.submit_forward(st.pid, req)
+    except EngineError as e:
+        raise GuestError(str(e)) from None
     return st.add_future("forward", fut, ([s for _, s in outputs], req, eng))
 
 

@@ -256,6 +256,9 @@ class FakeEngine:
 
     # --- forward -------------------------------------------------------------------------
 
+    def submit_forward(self, pid: str, req: ForwardRequest) -> asyncio.Future:
+        return asyncio.ensure_future(self.forward(pid, req))
+
     async def forward(self, pid: str, req: ForwardRequest) -> list[RowResult]:
         fut = asyncio.get_running_loop().create_future()
         req.ticket = fut

@@ -10,6 +10,7 @@ A process may only touch its own contexts; the engine checks that and raises `En
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,6 +106,8 @@ class EngineService(Protocol):
 
     # the hot path
     async def forward(self, pid: str, req: ForwardRequest) -> list[RowResult]: ...
+    # the same, queued at once (errors raise here); the future resolves to the outputs
+    def submit_forward(self, pid: str, req: ForwardRequest) -> asyncio.Future[list[RowResult]]: ...
 
     # observables for the scheduling interface
     def stats(self) -> dict: ...

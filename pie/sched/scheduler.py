@@ -292,6 +292,24 @@ class Scheduler:
 
     async def forward(self, pid: str, req: ForwardRequest) -> list[RowResult]:
         """Queue one forward pass and wait for its outputs (one RowResult per `req.outputs`)."""
+        fut = self.submit_forward(pid, req)
+        p = req.ticket
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # the caller went away: a pass not yet sent is withdrawn at once
+            if isinstance(p, PendingForward) and p.sent == 0 and p in self._queue:
+                self._queue.remove(p)
+                self._finish_failed(p, EngineError("the forward pass was cancelled"))
+            raise
+
+    def submit_forward(self, pid: str, req: ForwardRequest) -> asyncio.Future[list[RowResult]]:
+        """Queue one forward pass now; its future resolves to the outputs.
+
+        Errors in the request raise `EngineError` here. Cancelling the future withdraws the
+        pass if it has not been sent to the worker yet (at the next batch), and otherwise
+        drops its results.
+        """
         self._check_alive()
         if self._task is None:
             raise EngineError("the scheduler is not running; call start() first")
@@ -319,14 +337,7 @@ class Scheduler:
         self._last_pass[ctx.id] = p
         if len(self._queue) >= self._wake_at:
             self._arrival.set()
-        try:
-            return await p.future
-        except asyncio.CancelledError:
-            # the caller went away: a pass not yet sent is withdrawn at once
-            if p.sent == 0 and p in self._queue:
-                self._queue.remove(p)
-                self._finish_failed(p, EngineError("the forward pass was cancelled"))
-            raise
+        return p.future
 
     def _feed_of(self, pid: str, req: ForwardRequest) -> tuple[PendingForward, int] | None:
         """The pass (and its output index) whose sampled token `req.tokens[0]` waits for."""
