@@ -17,10 +17,15 @@ Tensor parallelism (`tp_size > 1`): every rank holds the heads `[rank*H/tp, (ran
 q/k/v and its slice of the MLP's intermediate dimension (column shards), the matching input
 slices of o_proj and down_proj (row shards), and all-reduces after those two. Embeddings and
 the LM head are replicated.
+
+Runtime quantization (`LlamaModel.quantize("int8")`, CPU, float32): the four projections and
+the LM head run as `Int8Linear` (int8 weights per output channel, int8 activations per row,
+exact int32 products); the embedding table, norms, attention and the KV cache stay float32.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 import torch
@@ -47,6 +52,84 @@ HEAD_COPY_MAX_BYTES = 256 << 20
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=False)
+
+
+RUNTIME_QUANTS = ("", "int8")
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: x [M, K] float32 ~= q * s with q int8 [M, K], s float32 [M, 1].
+
+    Each row gets its own scale (absmax / 127), so a row's codes never depend on the other
+    rows of the batch.
+    """
+    s = x.abs().amax(dim=1, keepdim=True).clamp_min_(1e-30).div_(127.0)
+    return torch.div(x, s).round_().to(torch.int8), s
+
+
+class Int8Linear:
+    """A linear layer with int8 weights for CPU: y = x W^T (+ b) from int8 codes.
+
+    The weight is stored as int8 codes W_q [N, K] with one scale per output channel
+    (s_w = absmax / 127): a quarter of the float32 memory. Each call quantizes the activations
+    per row (`quantize_rows`), multiplies the codes exactly in int32 (`torch._int_mm`, the CPU's
+    int8 dot-product units) and rescales:
+
+        y = (x_q @ W_q^T) * s_x[:, None] * s_w[None, :] (+ b)        float32 [M, N]
+
+    Integer accumulation is exact and every scale belongs to one row or one column, so a row's
+    result is the same whatever else is in the batch.
+    """
+
+    __slots__ = ("bias", "in_features", "out_features", "scale", "weight_q")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min_(1e-30).div_(127.0)  # [N]
+        self.weight_q = torch.div(w, scale[:, None]).round_().to(torch.int8).contiguous()  # [N, K]
+        self.scale = scale.contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.out_features, self.in_features = w.shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x_q, s_x = quantize_rows(x.reshape(-1, self.in_features))
+        # int32 -> float32 first: an int32 * float32 product takes a slow mixed-type path
+        y = torch._int_mm(x_q, self.weight_q.t()).float().mul_(s_x).mul_(self.scale)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.view(*lead, self.out_features)
+
+    def nbytes(self) -> int:
+        b = 0 if self.bias is None else self.bias.nbytes
+        return self.weight_q.nbytes + self.scale.nbytes + b
+
+
+def check_quant(mode: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise `ModelLoadError` unless runtime quantization `mode` can run on device and dtype."""
+    if mode not in RUNTIME_QUANTS:
+        allowed = ", ".join(json.dumps(m) for m in RUNTIME_QUANTS)
+        raise ModelLoadError(
+            f"runtime_quant {json.dumps(mode)} is not supported; use one of {allowed}"
+        )
+    if mode != "int8":
+        return
+    if device.type != "cpu":
+        raise ModelLoadError(
+            f'runtime_quant = "int8" runs on CPU only, not on {device}; set '
+            '[model.driver.options].runtime_quant = "" for this device'
+        )
+    if dtype != torch.float32:
+        dt = str(dtype).removeprefix("torch.")
+        raise ModelLoadError(
+            f'runtime_quant = "int8" needs float32 activations, got {dt}; set '
+            '[model.driver].activation_dtype = "float32", or runtime_quant = "" to keep '
+            f"{dt} weights"
+        )
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, q: Int8Linear | None):
+    return F.linear(x, w, b) if q is None else q(x)
 
 
 class DecoderLayer(nn.Module):
@@ -79,6 +162,23 @@ class DecoderLayer(nn.Module):
         self.gate_up_bias = _frozen(e(2 * inter)) if cfg.mlp_bias else None
         self.down_weight = _frozen(e(h, inter))
         self.down_bias = _frozen(e(h)) if cfg.mlp_bias else None
+        # int8 replacements of the four projections (`LlamaModel.quantize`); None: float
+        self.qkv_q: Int8Linear | None = None
+        self.o_q: Int8Linear | None = None
+        self.gate_up_q: Int8Linear | None = None
+        self.down_q: Int8Linear | None = None
+
+    def quantize_int8(self) -> None:
+        """Replace the four projections by `Int8Linear`s and free their float weights."""
+        self.qkv_q = Int8Linear(self.qkv_weight, self.qkv_bias)
+        self.o_q = Int8Linear(self.o_weight, None)
+        self.gate_up_q = Int8Linear(self.gate_up_weight, self.gate_up_bias)
+        self.down_q = Int8Linear(self.down_weight, None)
+        for p in (self.qkv_weight, self.o_weight, self.gate_up_weight, self.down_weight):
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        for p in (self.qkv_bias, self.gate_up_bias):  # now held by the Int8Linear
+            if p is not None:
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
     def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size > 1:
@@ -96,7 +196,7 @@ class DecoderLayer(nn.Module):
         # x: [T, H] residual stream
         t = x.shape[0]
         h = F.rms_norm(x, x.shape[-1:], self.input_norm, self.eps)
-        qkv = F.linear(h, self.qkv_weight, self.qkv_bias)  # [T, (Hq + 2 Hkv) D]
+        qkv = _linear(h, self.qkv_weight, self.qkv_bias, self.qkv_q)  # [T, (Hq + 2 Hkv) D]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
@@ -108,14 +208,14 @@ class DecoderLayer(nn.Module):
         k = apply_rotary(k, cos, sin)
         write_kv(kv_layer, k, v, plan)
         o = paged_attention(q, kv_layer, plan, scale=self.scale)  # [T, Hq, D]
-        o = self._all_reduce(F.linear(o.reshape(t, self.q_size), self.o_weight))
+        o = self._all_reduce(_linear(o.reshape(t, self.q_size), self.o_weight, None, self.o_q))
         if self.o_bias is not None:
             o = o + self.o_bias
         x = x + o
         h = F.rms_norm(x, x.shape[-1:], self.post_norm, self.eps)
-        gate_up = F.linear(h, self.gate_up_weight, self.gate_up_bias)  # [T, 2 I]
+        gate_up = _linear(h, self.gate_up_weight, self.gate_up_bias, self.gate_up_q)  # [T, 2 I]
         gate, up = gate_up.split([self.inter, self.inter], dim=-1)
-        down = self._all_reduce(F.linear(F.silu(gate) * up, self.down_weight))
+        down = self._all_reduce(_linear(F.silu(gate) * up, self.down_weight, None, self.down_q))
         if self.down_bias is not None:
             down = down + self.down_bias
         return x + down
@@ -160,6 +260,8 @@ class LlamaModel(nn.Module):
             cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, rope_freq_factors
         )
         self.lm_head_t: torch.Tensor | None = None  # [H, V] copy for single-row decode on CPU
+        self.head_q: Int8Linear | None = None  # int8 LM head (`quantize("int8")`)
+        self.quant = ""  # the runtime quantization applied: "" or "int8"
 
     @property
     def device(self) -> torch.device:
@@ -198,10 +300,46 @@ class LlamaModel(nn.Module):
             x = layer(x, cos, sin, plan, kv[i])
         x = x.index_select(0, output_rows)  # [O, H]: the head runs only where logits are wanted
         x = F.rms_norm(x, x.shape[-1:], self.norm, self.config.rms_norm_eps)
+        if self.head_q is not None:
+            return self.head_q(x)
         if self.lm_head_t is not None and x.shape[0] == 1:
             # single-row decode: a [H, V] layout streams the head ~1.7x faster on CPU BLAS
             return torch.mm(x, self.lm_head_t).float()
         return F.linear(x, self.lm_head).float()
+
+    def quantize(self, mode: str) -> None:
+        """Apply a runtime weight quantization after loading: "" (none) or "int8".
+
+        "int8" (CPU, float32 activations): every projection (fused qkv, o, fused gate|up, down)
+        and the LM head become `Int8Linear`s and their float weights are freed. The embedding
+        table stays float for the lookup; with tied embeddings the head gets its own int8 copy
+        of it. Logits stay float32. Each row is quantized with its own scale, so a sequence's
+        logits do not depend on the rest of its batch.
+        """
+        check_quant(mode, self.device, self.dtype)
+        if mode == "" or mode == self.quant:
+            return
+        if self.quant:
+            raise ModelLoadError(f"the model is already quantized ({self.quant!r})")
+        for layer in self.layers:
+            layer.quantize_int8()
+        self.head_q = Int8Linear(self.lm_head, None)
+        self.lm_head_t = None
+        if self.lm_head is not self.embed:
+            self.lm_head.data = torch.empty(0, dtype=self.dtype, device=self.device)
+        self.quant = mode
+
+    def weight_bytes(self) -> int:
+        """Bytes held by the weights (float parameters plus int8 codes and scales)."""
+        n = sum(p.nbytes for p in self.parameters())
+        if self.lm_head_t is not None:
+            n += self.lm_head_t.nbytes
+        qs = [self.head_q] + [
+            q
+            for layer in self.layers
+            for q in (layer.qkv_q, layer.o_q, layer.gate_up_q, layer.down_q)
+        ]
+        return n + sum(q.nbytes() for q in qs if q is not None)
 
     # --- loading ------------------------------------------------------------------------------
 

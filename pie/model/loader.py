@@ -15,7 +15,7 @@ import torch
 from pie.model.config import ModelConfig
 from pie.model.errors import ModelLoadError
 from pie.model.gguf_checkpoint import GGUFCheckpoint
-from pie.model.llama import LlamaModel
+from pie.model.llama import LlamaModel, check_quant
 from pie.model.resolve import ResolvedModel, resolve_model
 from pie.model.snapshot import Snapshot
 from pie.model.tokenizer import Tokenizer
@@ -80,10 +80,18 @@ def load_model(
     tp_rank: int = 0,
     tp_size: int = 1,
     tp_group: object | None = None,
+    quant: str = "",
 ) -> LoadedModel:
-    """Resolve `spec`, read config and tokenizer, and load (this rank's shard of) the weights."""
+    """Resolve `spec`, read config and tokenizer, and load (this rank's shard of) the weights.
+
+    `quant` is the runtime weight quantization applied after loading (`LlamaModel.quantize`):
+    "" keeps the weights in `dtype`, "int8" (CPU, float32) turns the projections and the LM
+    head into int8.
+    """
     dtype = parse_dtype(dtype)
     device = torch.device(device)
+    quant = quant or ""
+    check_quant(quant, device, dtype)  # before reading any weights
     if tp_size < 1 or not 0 <= tp_rank < tp_size:
         raise ModelLoadError(f"tensor-parallel rank {tp_rank} is outside a group of size {tp_size}")
     resolved, ckpt = open_checkpoint(spec)
@@ -108,4 +116,5 @@ def load_model(
     if isinstance(ckpt, Snapshot):
         ckpt.close()
     model.eval()
+    model.quantize(quant)
     return LoadedModel(config=cfg, tokenizer=tokenizer, model=model, source=resolved)
