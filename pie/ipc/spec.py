@@ -18,6 +18,7 @@ Worker options (the `[model.driver.options]` table; all optional):
 | max_dist_size | 32 | largest top-k distribution a sampler may ask for |
 | num_threads | 1 | torch intra-op threads per worker process |
 | omp_wait_policy | passive | OpenMP wait policy (passive holds up under load) |
+| runtime_quant | "" | portable driver: "int8" runs projections and LM head on int8 weights (CPU, float32) |
 | spin_us | 100 | microseconds a ring wait spins before parking |
 | ring_slots | 8 | slots per ring (requests in flight) |
 | ring_slot_bytes | 8 MiB | bytes per slot: the largest descriptor or result |
@@ -37,6 +38,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "max_dist_size": 32,
     "num_threads": 1,
     "omp_wait_policy": "passive",
+    "runtime_quant": "",
     "spin_us": 100,
     "ring_slots": 8,
     "ring_slot_bytes": 8 << 20,

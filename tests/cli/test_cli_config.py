@@ -89,10 +89,23 @@ def test_show_prints_effective_config(home) -> None:
     ],
 )
 def test_set_round_trips(home, key, value, check) -> None:
-    invoke("config", "init")
+    invoke("config", "init", "--no-cuda")
+    if value.startswith("cuda"):  # the CPU default's int8 weights run on CPU only
+        r = invoke("config", "set", "model.0.driver.options.runtime_quant", "")
+        assert r.exit_code == 0, r.output
     r = invoke("config", "set", key, value)
     assert r.exit_code == 0, r.output
     assert check(load_config(home / "config.toml"))
+
+
+def test_int8_default_must_be_cleared_before_moving_to_a_gpu(home) -> None:
+    invoke("config", "init", "--no-cuda")
+    r = invoke("config", "set", "model.0.driver.device", "cuda:0")
+    assert r.exit_code != 0
+    assert "runtime_quant" in r.output and "CPU only" in r.output
+    r = invoke("config", "set", "model.0.driver.activation_dtype", "bfloat16")
+    assert r.exit_code != 0
+    assert 'needs model.0.driver.activation_dtype "float32"' in r.output
 
 
 def test_set_without_file_starts_from_default(home) -> None:

@@ -162,6 +162,7 @@ def test_default_config_per_machine(cuda: bool) -> None:
         opts = m.driver.typed_options()
         assert isinstance(opts, PortableOptions)
         assert (opts.kv_page_size, opts.num_threads, opts.omp_wait_policy) == (16, 2, "passive")
+        assert opts.runtime_quant == "int8"
     # what init writes reads back to the same config
     assert parse_config(tomllib.loads(dump_config(cfg)), "dump") == cfg
 
@@ -228,6 +229,9 @@ RANGE_CASES = [
     ("model.0.driver.options.num_threads", "0", "options.num_threads must be > 0"),
     ("model.0.driver.options.spin_us", "-1", "options.spin_us must be >= 0"),
     ("model.0.driver.options.omp_wait_policy", "busy", 'one of "passive", "active"'),
+    ("model.0.driver.options.runtime_quant", "int4", 'runtime_quant must be one of "", "int8"'),
+    ("model.0.driver.activation_dtype", "bfloat16", 'runtime_quant "int8" needs'),
+    ("model.0.driver.device", "cuda:0", 'runtime_quant "int8" runs on CPU only'),
     ("model.0.driver.options.gpu_mem_utilization", "1.5", "must be in (0, 1]"),
     ("model.0.driver.options.host_pages", "0", "options.host_pages must be > 0"),
 ]
@@ -251,6 +255,7 @@ def test_each_rule_rejects_out_of_range(key: str, value: str, fragment: str) -> 
         ("model.0.scheduler.request_timeout_secs", "0.25"),
         ("model.0.driver.options.spin_us", "0"),
         ("model.0.driver.options.omp_wait_policy", "active"),
+        ("model.0.driver.options.runtime_quant", ""),
     ],
 )
 def test_boundary_values_are_accepted(key: str, value: str) -> None:

@@ -39,9 +39,11 @@ def reference():
     from pie.model import load_model
     from pie.model.generator import Generator
 
-    lm = load_model(DEFAULT_HF_REPO, dtype="float32")
+    options = default_config(cuda=False).models[0].driver.options
+    # the engine's weights: the same runtime quantization as its worker
+    lm = load_model(DEFAULT_HF_REPO, dtype="float32", quant=options.get("runtime_quant", ""))
     threads = torch.get_num_threads()
-    worker_threads = default_config(cuda=False).models[0].driver.options.get("num_threads", 1)
+    worker_threads = options.get("num_threads", 1)
     torch.set_num_threads(int(worker_threads))  # as the worker, so both sum in the same order
     try:
         yield lm, Generator(lm.model, page_size=16, num_pages=128)

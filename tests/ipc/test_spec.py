@@ -36,6 +36,22 @@ def test_data_parallel_groups_follow_device_and_tp():
     assert specs[0].model == "some/repo" and specs[0].name == "m"
 
 
+def test_runtime_quant_reaches_the_worker():
+    m = _model(
+        {
+            "type": "portable",
+            "device": ["cpu"],
+            "activation_dtype": "float32",
+            "options": {"runtime_quant": "int8"},
+        }
+    )
+    (s,) = worker_specs(m)
+    assert s.option("runtime_quant") == "int8"
+    (s,) = worker_specs(_model({"type": "portable", "device": ["cpu"]}))
+    assert s.option("runtime_quant") == ""  # the schema default: float weights
+    assert WorkerSpec().option("runtime_quant") == ""
+
+
 def test_one_cpu_hosts_every_tensor_parallel_rank():
     m = _model({"type": "dummy", "device": ["cpu"], "tensor_parallel_size": 2})
     (s,) = worker_specs(m)

@@ -36,3 +36,30 @@ def test_cuda_native_runs_a_batch_on_the_gpu():
     assert ForwardBatch.decode(desc, driver.limits()).num_tokens == 3
     result = Runner(driver).handle(desc)
     assert result.error == "" and len(result.tokens) == 4
+
+
+@pytest.mark.parametrize("quant", ["", "int8"])
+def test_portable_driver_applies_runtime_quant(quant, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from descriptor_factory import Req, batch
+
+    from pie.ipc.messages import SamplerSpec
+    from pie.worker.runner import Runner
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fixtures.checkpoints import build_checkpoint
+
+    tiny = build_checkpoint("llama", tmp_path / "llama")
+    spec = WorkerSpec(
+        model=str(tiny),
+        driver="portable",
+        options={"total_pages": 8, "num_threads": 1, "runtime_quant": quant},
+    )
+    driver = make_driver(spec)
+    assert driver.lm.model.quant == quant
+    assert (driver.lm.model.head_q is not None) == (quant == "int8")
+    desc = batch(1, [Req([1, 2, 3], 0, [0], sampler=SamplerSpec())])
+    result = Runner(driver).handle(desc)
+    assert result.error == "" and len(result.tokens) == 4

@@ -36,7 +36,13 @@ def _spec(model: str, tp: int, name: str) -> WorkerSpec:
         devices=("cpu",) * tp,
         dtype="float32",
         name=name,
-        options={"total_pages": 32, "num_threads": 1, "ring_slot_bytes": 1 << 20},
+        # float32 weights: compared token for token against the float32 model below
+        options={
+            "total_pages": 32,
+            "num_threads": 1,
+            "ring_slot_bytes": 1 << 20,
+            "runtime_quant": "",
+        },
     )
 
 

@@ -6,6 +6,7 @@
 KV pool size: `total_pages` when set; otherwise on a GPU as many pages as
 `gpu_mem_utilization` of the device leaves after the weights, and on CPU 1024 pages.
 Host swap space: `host_pages` slots (default a quarter of the pool), pinned on CUDA.
+`runtime_quant = "int8"` (CPU, float32) loads the projections and LM head as int8 weights.
 With tensor parallelism each rank holds its heads' share of the KV; the leader samples.
 """
 
@@ -49,6 +50,7 @@ class PortableDriver(Driver):
             tp_rank=spec.tp_rank,
             tp_size=spec.tp_size,
             tp_group=tp_group,
+            quant=str(spec.option("runtime_quant") or ""),
         )
         cfg = self.lm.config
         self.arch = cfg.arch
