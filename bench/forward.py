@@ -10,16 +10,22 @@ For each batch size B, every sequence gets the same P-token prompt; greedy decod
 
 Token times are stamped inside each loop (our `on_token` callback, a transformers logits
 processor), so one slow step under background load does not skew the figure. Prefill is the
-median over --repeats runs, decode the median over all steps of all runs; the two systems
+median over --repeats runs, decode the median over all steps of all runs; the systems
 alternate within a repeat. Prints one table with ratios (ours / transformers).
+
+`--quant` lists runtime quantizations of ours to run side by side (`none` = the dtype's own
+weights, `int8` = `runtime_quant = "int8"`): with more than one, the table gets one column
+pair per mode and ratios to the first mode; `--no-hf` leaves transformers out.
 
     python bench/forward.py [--batches 1,8,32,64] [--prompt-len 64] [--new-tokens 16]
                             [--repeats 3] [--threads 2] [--dtype float32]
+                            [--quant none,int8] [--no-hf]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import os
 import statistics
@@ -107,6 +113,10 @@ def time_hf(model, prompt: list[int], batch: int, new_tokens: int) -> tuple[floa
     return stamps[0] - t, [b - a for a, b in itertools.pairwise(stamps)]
 
 
+def _quant(name: str) -> str:
+    return "" if name in ("", "none", "float", "float32") else name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -116,35 +126,47 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--quant", default="none", help="runtime quantizations of ours: none, int8")
+    ap.add_argument("--no-hf", action="store_true", help="leave transformers out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
+    quants = [_quant(q.strip()) for q in args.quant.split(",")]
 
     lm = load_model(args.model, dtype=args.dtype)
-    hf = transformers_model(args.model, lm.model.dtype)
     text = "The history of the Roman Empire begins with the founding of the city of Rome. " * 20
     prompt = lm.tokenizer.encode(text)[: args.prompt_len]
     pages_per_seq = -(-(len(prompt) + args.new_tokens + 1) // PAGE_SIZE)
-    gen = Generator(lm.model, page_size=PAGE_SIZE, num_pages=pages_per_seq * max(batches))
+    systems: list[tuple[str, object, object]] = []  # (label, timer, model)
+    for q in quants:
+        model = lm.model
+        if q:
+            model = copy.deepcopy(lm.model)  # same float weights, quantized
+            model.quantize(q)
+        gen = Generator(model, page_size=PAGE_SIZE, num_pages=pages_per_seq * max(batches))
+        systems.append((q or str(lm.model.dtype).removeprefix("torch."), time_ours, gen))
+    if not args.no_hf:
+        systems.append(("hf", time_hf, transformers_model(args.model, lm.model.dtype)))
 
-    # warm-up (allocator, oneDNN primitive caches)
-    time_ours(gen, prompt, 1, 3)
-    time_hf(hf, prompt, 1, 3)
+    for _, fn, model in systems:  # warm-up (allocator, oneDNN primitive caches)
+        fn(model, prompt, 1, 3)
 
     rows = []
     for b in batches:
-        prefill: dict[str, list[float]] = {"ours": [], "hf": []}
-        steps: dict[str, list[float]] = {"ours": [], "hf": []}
-        for _ in range(args.repeats):  # alternate so background load hits both alike
-            for name, fn, model in (("ours", time_ours, gen), ("hf", time_hf, hf)):
+        prefill: dict[str, list[float]] = {name: [] for name, _, _ in systems}
+        steps: dict[str, list[float]] = {name: [] for name, _, _ in systems}
+        for rep in range(args.repeats):  # alternate so background load hits all alike
+            order = systems if rep % 2 == 0 else systems[::-1]
+            for name, fn, model in order:
                 p, st = fn(model, prompt, b, args.new_tokens + 1)
                 prefill[name].append(p)
                 steps[name].extend(st)
         med = {
-            "op": b * len(prompt) / statistics.median(prefill["ours"]),
-            "hp": b * len(prompt) / statistics.median(prefill["hf"]),
-            "od": b / statistics.median(steps["ours"]),
-            "hd": b / statistics.median(steps["hf"]),
+            name: (
+                b * len(prompt) / statistics.median(prefill[name]),
+                b / statistics.median(steps[name]),
+            )
+            for name, _, _ in systems
         }
         rows.append((b, med))
 
@@ -152,15 +174,30 @@ def main() -> None:
         f"model {args.model} | {args.dtype} | threads {args.threads} | prompt {len(prompt)} tokens | "
         f"decode {args.new_tokens} tokens | median of {args.repeats}"
     )
-    print(
-        "| batch | prefill ours tok/s | prefill HF tok/s | ratio | decode ours tok/s | decode HF tok/s | ratio |"
-    )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for b, m in rows:
+    names = [name for name, _, _ in systems]
+    if len(quants) == 1 and not args.no_hf:
         print(
-            f"| {b} | {m['op']:.0f} | {m['hp']:.0f} | {m['op'] / m['hp']:.2f}x | "
-            f"{m['od']:.1f} | {m['hd']:.1f} | {m['od'] / m['hd']:.2f}x |"
+            "| batch | prefill ours tok/s | prefill HF tok/s | ratio | decode ours tok/s | decode HF tok/s | ratio |"
         )
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for b, m in rows:
+            (op, od), (hp, hd) = m[names[0]], m["hf"]
+            print(
+                f"| {b} | {op:.0f} | {hp:.0f} | {op / hp:.2f}x | {od:.1f} | {hd:.1f} | {od / hd:.2f}x |"
+            )
+        return
+    first = names[0]
+    head = ["batch"] + [f"prefill {n} tok/s" for n in names] + [f"decode {n} tok/s" for n in names]
+    head += [f"{n} / {first} prefill" for n in names[1:]] + [
+        f"{n} / {first} decode" for n in names[1:]
+    ]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " ---: |" * len(head))
+    for b, m in rows:
+        cells = [str(b)] + [f"{m[n][0]:.0f}" for n in names] + [f"{m[n][1]:.1f}" for n in names]
+        cells += [f"{m[n][0] / m[first][0]:.2f}x" for n in names[1:]]
+        cells += [f"{m[n][1] / m[first][1]:.2f}x" for n in names[1:]]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

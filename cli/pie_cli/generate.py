@@ -39,6 +39,12 @@ def generate(
         False, "--raw", help="Send PROMPT as plain text, without the chat template."
     ),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    quant: str | None = typer.Option(
+        None,
+        "--quant",
+        help="Weight quantization: none or int8 (CPU, float32). Default: the config's "
+        "runtime_quant when the model comes from the config (int8 on CPU), else none.",
+    ),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress or speed lines on stderr."
@@ -60,16 +66,21 @@ def generate(
         if not quiet:
             typer.echo(msg, err=True)
 
+    configured_quant = ""
     if model is None:
         from pie.config import load_config
 
-        model = load_config().models[0].hf_repo
+        first = load_config().models[0]
+        model = first.hf_repo
+        if first.driver.type == "portable" and str(dtype).lower() in ("float32", "fp32", "float"):
+            configured_quant = str(first.driver.option("runtime_quant", "") or "")
+    quant = configured_quant if quant is None else ("" if quant.lower() == "none" else quant)
     t0 = time.perf_counter()
     note(f"loading {model} ...")
-    lm = load_model(model, dtype=dtype)
+    lm = load_model(model, dtype=dtype, quant=quant)
     note(
         f"loaded {lm.config.arch} ({lm.config.num_params / 1e6:.0f}M params) from {lm.source.path} "
-        f"in {time.perf_counter() - t0:.1f}s"
+        f"in {time.perf_counter() - t0:.1f}s" + (f", {quant} weights" if quant else "")
     )
     tok = lm.tokenizer
     if raw or not tok.has_chat_template:

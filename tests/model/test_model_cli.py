@@ -88,3 +88,23 @@ def test_generate_defaults_to_the_configured_model(runner, tmp_path, monkeypatch
     res = runner.invoke(app, ["generate", "hi", "--max-tokens", "2"])
     assert res.exit_code == 0, res.output
     assert "loaded mistral" in res.output
+    assert "int8 weights" in res.output  # the configured runtime_quant of the CPU default
+
+
+def test_generate_quant_option(runner, tiny_checkpoints):
+    from pie.model import load_model
+    from pie.model.generator import Generator
+
+    path = str(tiny_checkpoints["llama"])
+    res = runner.invoke(app, ["generate", "hi", "-m", path, "-n", "5", "--quant", "int8"])
+    assert res.exit_code == 0, res.output
+    assert "int8 weights" in res.output
+    lm = load_model(path, quant="int8")
+    ids = lm.tokenizer.encode(lm.tokenizer.render_chat([{"role": "user", "content": "hi"}]))
+    stops = lm.tokenizer.stop_token_ids
+    new = Generator(lm.model, page_size=16, num_pages=8).generate([ids], 5, stop_token_ids=stops)[0]
+    assert lm.tokenizer.decode([t for t in new if t not in stops]) in res.stdout
+    res = runner.invoke(
+        app, ["generate", "hi", "-m", path, "-n", "2", "--quant", "int8", "--dtype", "bfloat16"]
+    )
+    assert res.exit_code == 1 and 'activation_dtype = "float32"' in res.output
