@@ -491,6 +491,53 @@ def run_llama_cpp(
     return results[1:]
 
 
+def _baseline_child(fn: Any, args: tuple, quiet: bool, out: Any) -> None:
+    def say(msg: str) -> None:
+        if not quiet:
+            typer.echo(f"bench: {msg}", err=True)
+
+    try:
+        out.send(("ok", fn(*args, say)))
+    except UserError as e:
+        out.send(("error", str(e)))
+    except Exception as e:  # noqa: BLE001 - reported by the parent, next to the table
+        out.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def _isolated(
+    fn: Any, hf_repo: str, ns: list[int], output_tokens: int, threads: int, quiet: bool
+) -> tuple[list[RunResult], str | None]:
+    """Run one baseline in a child process, so a crash in a native library (a llama.cpp build
+    using instructions this machine refuses, say) costs that baseline's rows only."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_baseline_child, args=(fn, (hf_repo, ns, output_tokens, threads), quiet, send)
+    )
+    child.start()
+    send.close()
+    try:
+        kind, value = recv.recv()
+    except EOFError:
+        child.join()
+        code = child.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        hint = ""
+        if fn is run_llama_cpp:
+            hint = (
+                "; a llama-cpp-python build can use CPU instructions this machine does not "
+                "allow: rebuild it, e.g. CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON' pip "
+                "install --force-reinstall --no-cache-dir llama-cpp-python"
+            )
+        return [], f"the process died ({how}){hint}"
+    finally:
+        recv.close()
+    child.join()
+    return (value, None) if kind == "ok" else ([], value)
+
+
 # -- the table --------------------------------------------------------------------------------
 
 
@@ -621,11 +668,16 @@ def throughput(
     model = cfg.models[0]
     results = _run_loop(run_engine(cfg, ns, output_tokens, direct, say, repeats))
     threads = baseline_threads or os.cpu_count() or 1
-    if "transformers" in (baselines or []):
-        results += run_transformers(model.hf_repo, ns, output_tokens, threads, say)
-    if "llama-cpp" in (baselines or []):
-        results += run_llama_cpp(model.hf_repo, ns, output_tokens, threads, say)
+    failed: list[str] = []
+    for name, fn in (("transformers", run_transformers), ("llama-cpp", run_llama_cpp)):
+        if name in (baselines or []):
+            rows, error = _isolated(fn, model.hf_repo, ns, output_tokens, threads, quiet)
+            results += rows
+            if error:
+                failed.append(f"baseline {name} failed: {error}")
     typer.echo(format_table(results, output_tokens))
+    for line in failed:
+        typer.echo(f"bench: {line}", err=True)
     if json_path is not None:
         json_path.write_text(json.dumps([r.row() for r in results], indent=1))
     return results

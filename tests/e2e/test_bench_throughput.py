@@ -88,3 +88,28 @@ def test_pie_and_direct_runs_on_the_real_engine(engine):
         assert r.mean_batch is not None and r.mean_batch > 2, r
     stats = engine.stats()
     assert stats["processes"] == 0 and stats["contexts"] == 0  # both paths cleaned up
+
+
+def _baseline_ok(hf_repo, ns, output_tokens, threads, say):
+    return [RunResult("fake", n, output_tokens * n, 1.0, [0.1] * n, [0.01] * n) for n in ns]
+
+
+def _baseline_crash(hf_repo, ns, output_tokens, threads, say):
+    import ctypes
+
+    ctypes.string_at(0)  # a native library's crash: the process dies of SIGSEGV
+
+
+def _baseline_raises(hf_repo, ns, output_tokens, threads, say):
+    raise UserError("no such model for this baseline")
+
+
+def test_a_baseline_runs_in_its_own_process_and_its_crash_costs_only_its_rows():
+    from pie_cli.bench import _isolated
+
+    rows, err = _isolated(_baseline_ok, "m", [1, 4], 8, 1, True)
+    assert err is None and [(r.system, r.n, r.tokens) for r in rows] == [("fake", 1, 8), ("fake", 4, 32)]
+    rows, err = _isolated(_baseline_crash, "m", [1], 8, 1, True)
+    assert rows == [] and "the process died (signal 11)" in err
+    rows, err = _isolated(_baseline_raises, "m", [1], 8, 1, True)
+    assert rows == [] and err == "no such model for this baseline"
