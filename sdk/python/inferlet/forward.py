@@ -140,8 +140,10 @@ def submit(ctx_handle: int, tokens: list[int], positions: list[int],
     return call(_inf.forward, ctx_handle, tokens, positions, recs, attn, mask)
 
 
-def submit_after(ctx_handle: int, after: int, positions: list[int],
-                 slots: list[tuple[int, Sampler | Probe]], mask: list[int]) -> int:
-    """Queue a one-token pass whose input is the token pass `after` samples (not known yet)."""
-    recs = [sampler_record(i, s) for i, s in slots]
+def submit_after(ctx_handle: int, after: int, positions: list[int], recs: list,
+                 mask: list[int]) -> int:
+    """Queue a one-token pass whose input is the token pass `after` samples (not known yet).
+
+    `recs` are the slots' WIT records (`sampler_record`), built once by the caller.
+    """
     return call(_inf.forward_after, ctx_handle, after, [], positions, recs, [], mask)

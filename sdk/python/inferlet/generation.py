@@ -24,7 +24,7 @@ from wit_world.imports import poll as _poll
 from ._errors import PieError
 from .context import Ahead
 from .forward import Output
-from .sampler import Probe, Sampler
+from .sampler import Probe, Sampler, sampler_record
 
 
 class StepOutput:
@@ -84,6 +84,8 @@ class Generator:
         self.done = max_tokens == 0
         self.stopped_by: int | None = None
         self._lookahead = lookahead and not self._constraints
+        self._next_slots = self._slots(0)  # the slots of every one-token step
+        self._next_recs = [sampler_record(i, s) for i, s in self._next_slots]
 
     def is_done(self) -> bool:
         return self.done
@@ -131,10 +133,9 @@ class Generator:
             ctx._ahead = None
             handle, pos, slots = ahead.handle, [ahead.position], ahead.slots
         if self._lookahead and len(self.generated) + 1 < self.max_tokens:
-            nxt_slots = self._slots(0)
             nxt_pos = pos[-1] + 1
-            ctx._ahead = Ahead(ctx._submit_after(handle, nxt_pos, nxt_slots, self._mask),
-                               nxt_pos, nxt_slots)
+            ctx._ahead = Ahead(ctx._submit_after(handle, nxt_pos, self._next_recs, self._mask),
+                               nxt_pos, self._next_slots)
         try:
             out = await ctx._complete(handle, len(pos), pos, slots)
         except BaseException:
