@@ -65,6 +65,12 @@ def test_quantize_rows_is_symmetric_per_row():
     assert q[0].tolist() == [64, -127, 32] and q[2].tolist() == [127, 64, -32]
     assert q[1].tolist() == [0, 0, 0]  # an all-zero row stays zero (no division by zero)
     assert torch.allclose(q.float() * s, x, atol=0.02)
+    # large inputs take another reduction; the codes and scales of a row stay the same
+    big = torch.randn(300, 576, generator=torch.Generator().manual_seed(5))
+    qb, sb = quantize_rows(big)
+    for r in (0, 7, 299):
+        qr, sr = quantize_rows(big[r : r + 1])
+        assert torch.equal(qr, qb[r : r + 1]) and torch.equal(sr, sb[r : r + 1])
 
 
 # --- the model --------------------------------------------------------------------------------
