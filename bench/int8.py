@@ -22,8 +22,9 @@ whole int8 path and its speed-up over `f32`.
 Accuracy of `runtime_quant = "int8"` on the default model against float32, same weights:
 greedy float32 continuations of chat prompts are replayed through both models in one
 teacher-forced batch; reported are top-1 agreement over the generated positions, max and mean
-|logit difference| there, how many free-running greedy continuations are identical, and the
-int8 answer to the France question.
+|logit difference| there and how many free-running greedy continuations are identical, for
+int8, for int8 weights with float activations (the weight error alone) and for bfloat16 (for
+scale); then the float32 and int8 answers to the France question.
 """
 
 from __future__ import annotations
@@ -130,6 +131,27 @@ def teacher_forced_logits(model, seqs: list[list[int]]) -> torch.Tensor:
     return model.forward_batch(ids, pos, plan, kv, torch.arange(len(ids)))
 
 
+def weights_only_int8(model):
+    """A float model whose projection and head weights are replaced by their int8 values
+    (codes x scales): the int8 weight error alone, with float activations."""
+    import copy
+
+    m = copy.deepcopy(model)
+
+    def dequant(p) -> None:
+        q = Int8Linear(p, None)
+        p.data = q.weight_q.float() * q.scale[:, None]
+
+    for layer in m.layers:
+        for p in (layer.qkv_weight, layer.o_weight, layer.gate_up_weight, layer.down_weight):
+            dequant(p)
+    head = m.lm_head.detach().clone() if m.lm_head is m.embed else m.lm_head
+    m.lm_head = torch.nn.Parameter(head, requires_grad=False)
+    dequant(m.lm_head)
+    m.lm_head_t = None
+    return m
+
+
 def accuracy(n_prompts: int, steps: int) -> None:
     import copy
 
@@ -140,40 +162,47 @@ def accuracy(n_prompts: int, steps: int) -> None:
     f32 = lm.model
     q8 = copy.deepcopy(f32)
     q8.quantize("int8")
+    others = {
+        "int8": q8,
+        "int8 weights only": weights_only_int8(f32),
+        "bfloat16": load_model(DEFAULT_MODEL, dtype="bfloat16").model,  # for scale
+    }
     tok = lm.tokenizer
     prompts = [
         tok.encode(tok.render_chat([{"role": "user", "content": p}]))
         for p in ACCURACY_PROMPTS[:n_prompts]
     ]
-    new = {}
-    for name, model in (("float32", f32), ("int8", q8)):
+
+    def greedy(model) -> list[list[int]]:
         gen = Generator(model, page_size=16, num_pages=64 * len(prompts))
-        new[name] = gen.generate(prompts, max_new_tokens=steps)  # greedy, no stop
-    seqs = [p + n for p, n in zip(prompts, new["float32"])]
-    ref, got = (teacher_forced_logits(m, seqs) for m in (f32, q8))
+        return gen.generate(prompts, max_new_tokens=steps)  # greedy, no stop
+
+    ref_new = greedy(f32)
+    seqs = [p + n for p, n in zip(prompts, ref_new)]
     rows, off = [], 0
     for p, s in zip(prompts, seqs):  # the positions that predicted the continuation
         rows.extend(range(off + len(p) - 1, off + len(s) - 1))
         off += len(s)
-    ref, got = ref[rows], got[rows]
-    agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
-    diff = (ref - got).abs()
-    same = sum(a == b for a, b in zip(new["float32"], new["int8"]))
+    ref = teacher_forced_logits(f32, seqs)[rows]
+    print(
+        f"model {DEFAULT_MODEL} | {len(prompts)} chat prompts x {steps} greedy steps | "
+        f"{len(rows)} positions | float32 logit std {ref.std().item():.2f}"
+    )
+    print("| weights | top-1 agreement | max abs diff | mean abs diff | greedy identical |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, model in others.items():
+        got = teacher_forced_logits(model, seqs)[rows]
+        agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+        diff = (ref - got).abs()
+        same = sum(a == b for a, b in zip(ref_new, greedy(model)))
+        print(
+            f"| {name} | {agree:.4f} ({round(agree * len(rows))}/{len(rows)}) | "
+            f"{diff.max().item():.3f} | {diff.mean().item():.4f} | {same}/{len(prompts)} |"
+        )
     stops = tuple(tok.stop_token_ids)
-    france = Generator(q8, 16, 64).generate(prompts[:1], 48, stop_token_ids=stops)[0]
-    france_f = Generator(f32, 16, 64).generate(prompts[:1], 48, stop_token_ids=stops)[0]
-    print(f"model {DEFAULT_MODEL} | {len(prompts)} chat prompts x {steps} greedy steps")
-    print(
-        f"top-1 agreement (teacher-forced on the float32 continuation): {agree:.4f} "
-        f"({round(agree * len(rows))}/{len(rows)})"
-    )
-    print(
-        f"|logit diff| max {diff.max().item():.3f} mean {diff.mean().item():.4f} "
-        f"(float32 logit std {ref.std().item():.2f})"
-    )
-    print(f"free-running greedy continuations identical: {same}/{len(prompts)}")
-    print(f"float32: {tok.decode(france_f)!r}")
-    print(f"int8:    {tok.decode(france)!r}")
+    for name, model in (("float32", f32), ("int8", q8)):
+        answer = Generator(model, 16, 64).generate(prompts[:1], 48, stop_token_ids=stops)[0]
+        print(f"{name}: {tok.decode(answer)!r}")
 
 
 def main() -> None:

@@ -57,6 +57,9 @@ def _frozen(t: torch.Tensor) -> nn.Parameter:
 RUNTIME_QUANTS = ("", "int8")
 
 
+_TINY = torch.tensor(1e-30)
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: x [M, K] float32 ~= q * s with q int8 [M, K], s float32 [M, 1].
 
@@ -67,7 +70,8 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
     else:  # small: fewer calls win
         s = x.abs().amax(dim=1, keepdim=True)
-    s = s.clamp_min_(1e-30).div_(127.0)  # the same exact absmax either way
+    # the same exact absmax either way; + 1e-30 (one call) keeps an all-zero row at 0 / 1e-30
+    s = torch.add(_TINY, s, alpha=1.0 / 127.0)
     return torch.div(x, s).round_().to(torch.int8), s
 
 
@@ -96,13 +100,13 @@ class Int8Linear:
         self.out_features, self.in_features = w.shape
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x_q, s_x = quantize_rows(x.reshape(-1, self.in_features))
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        x_q, s_x = quantize_rows(flat)
         # int32 -> float32 first: an int32 * float32 product takes a slow mixed-type path
         y = torch._int_mm(x_q, self.weight_q.t()).float().mul_(s_x).mul_(self.scale)
         if self.bias is not None:
             y = y.add_(self.bias)
-        return y.view(*lead, self.out_features)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def nbytes(self) -> int:
         b = 0 if self.bias is None else self.bias.nbytes
