@@ -86,7 +86,7 @@ def candidates(m: int, k: int, n: int) -> dict[str, Callable[[], object]]:
 
     def kn_path() -> torch.Tensor:
         xq, sx = quantize_rows(x)
-        return torch._int_mm(xq, w_q_kn).mul(sx).mul_(scale)
+        return torch._int_mm(xq, w_q_kn).float().mul_(sx).mul_(scale)  # as Int8Linear
 
     return {
         "f32": lambda: F.linear(x, w),

@@ -839,8 +839,8 @@ def default_config(cuda: bool | None = None) -> PieConfig:
                 # threads from collapsing when other jobs load the machine
                 "num_threads": 2,
                 "omp_wait_policy": "passive",
-                # int8 projections and LM head: ~1.9x the float32 step at 32-64 sequences,
-                # top-1 agreement with float32 ~88% (bench/RESULTS.md, "int8 weights")
+                # int8 projections and LM head: decode 1.5-1.85x the float32 speed at 32-64
+                # sequences, top-1 agreement with float32 ~88% (bench/RESULTS.md, "int8 weights")
                 "runtime_quant": "int8",
             },
         )

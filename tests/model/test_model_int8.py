@@ -181,7 +181,8 @@ def test_int8_agrees_with_float32_on_the_default_model(default_pair):
     ref, got = (_prefill_logits(m, seqs, 16)[rows] for m in (lm.model, q8))
     agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
     diff = (ref - got).abs()
-    # measured 0.88 over 8 prompts x 32 steps (bench/int8.py --accuracy); bfloat16 gives 0.96
+    # measured here: 0.92, mean diff 0.61; over 8 prompts x 32 steps (bench/int8.py --accuracy)
+    # 0.88 and 0.65, where bfloat16 gives 0.96 and 0.11
     assert agree >= 0.8, agree
     assert diff.mean().item() < 1.0, diff.mean().item()
     france = Generator(q8, 16, 16).generate(
