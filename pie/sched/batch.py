@@ -7,8 +7,8 @@ Data flow (all in the controller process):
 
 Selection walks the queue in arrival order and takes at most one pass per context (a later
 pass of the same context depends on the earlier one's KV), skips contexts whose pages are not
-resident (suspended) and chained passes whose input token is not known yet, and stays within the worker's caps
-`max_batch_tokens` and `max_batch_size`. A pass larger than the room left is cut into
+resident (suspended) and chained passes whose input token is not known yet, and stays within
+the worker's caps `max_batch_tokens` and `max_batch_size`. A pass larger than the room left is cut into
 prefix chunks: chunk `[lo, hi)` writes its tokens and attends over KV slots `0 .. start+hi`,
 exactly what the unchunked pass would have seen for those rows, so chunking is invisible to
 the inferlet. Outputs that fall inside a chunk are produced by that chunk.

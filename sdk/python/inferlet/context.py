@@ -182,8 +182,7 @@ class Context:
 
     def _submit_after(self, after: int, position: int, recs: list, mask: list[int]) -> int:
         """Queue a one-token pass fed by the token pass `after` samples (see `generate`)."""
-        if self.working_tokens + self._inflight >= self.working_pages * self.page_size:
-            self._reserve_for(1)
+        self._reserve_for(1)
         handle = submit_after(self._h, after, [position], recs, mask)
         self._inflight += 1
         return handle

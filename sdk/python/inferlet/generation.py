@@ -112,8 +112,8 @@ class Generator:
         ahead = ctx._ahead
         if ahead is not None and (ctx._buffer or ctx._text):
             # input was appended since the last step: it goes after the last sampled token,
-            # which the pass queued ahead fed without it; undo that pass and rebuild the step
-            await ctx.settle()
+            # which the pass queued ahead fed without it; settling undoes that pass and the
+            # step is rebuilt from the pending input
             ahead = None
         if ahead is None:
             await ctx.settle()
