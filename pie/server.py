@@ -221,15 +221,49 @@ class Session:
                 self._stash(msg)
 
     async def _write_loop(self) -> None:
+        outbox = self.outbox
         while True:
-            msg = await self.outbox.get()
-            if msg is None:
+            batch = [await outbox.get()]
+            while not outbox.empty():  # everything queued meanwhile leaves in one write
+                batch.append(outbox.get_nowait())
+            tail: list[P.ServerMessage] = []
+            stop = None in batch
+            if stop:  # closing: what was queued after the end marker is kept, unsent
+                end = batch.index(None)
+                tail = [m for m in batch[end + 1:] if m is not None]
+                batch = batch[:end]
+            if batch:
+                try:
+                    await self._write(batch)
+                except websockets.ConnectionClosed:
+                    self._unsent.extend(batch)
+                    stop = True
+            if stop:
+                self._unsent.extend(tail)
                 return
-            try:
-                await self.ws.send(P.encode_server(msg, self.text))
-            except websockets.ConnectionClosed:
-                self._unsent.append(msg)
-                return
+
+    async def _write(self, msgs: list[P.ServerMessage]) -> None:
+        """Send frames, several at once in a single socket write.
+
+        A decode step wakes every guest of a batch and each streams one event; one write per
+        frame would cost a send system call (and, on loopback, the receiver's TCP processing)
+        per event.
+        """
+        ws, text = self.ws, self.text
+        if len(msgs) == 1:
+            await ws.send(P.encode_server(msgs[0], text))
+            return
+        frames = [P.encode_server(m, text) for m in msgs]
+        protocol = ws.protocol
+        put = protocol.send_text if text else protocol.send_binary
+        async with ws.send_context():
+            for frame in frames:
+                put(frame.encode() if text else frame)
+            chunks = protocol.data_to_send()
+            if all(chunks):  # data frames only (an empty chunk would ask for end-of-stream)
+                ws.transport.write(b"".join(chunks))
+            else:  # leave them to the connection's own writer
+                protocol.writes.extend(chunks)
 
     def send(self, msg: P.ServerMessage) -> None:
         if self.closed:
