@@ -42,6 +42,7 @@ from pie.sandbox.abi import (
     TUPLE,
     U32,
     U64,
+    Err,
     GuestError,
     Ty,
 )
@@ -83,6 +84,7 @@ class GuestState:
         self.grammars: dict[int, Any] = {}
         self.matchers: dict[int, Any] = {}
         self.subs: dict[int, Subscription] = {}
+        self.sampler_sets: dict[int, SamplerSet] = {}
         self._next = 1
         self._inbox: list[str] = []
         self._inbox_waiters: list[asyncio.Future] = []
@@ -409,26 +411,62 @@ def inf_forward(st: GuestState, c: int, tokens: list[int], positions: list[int],
         raise GuestError(f"the attention mask has {len(attn)} rows for {n} input tokens")
     _check_brle(mask, vocab, "the logit mask")
     outputs = []
-    for (idx, temp, top_k, top_p, min_p, seed, sample, dist_k, raw, lp_ids, ent) in samplers:
-        if idx >= n:
-            raise GuestError(f"sampler index {idx} is past the {n} input tokens")
-        if not (temp >= 0.0 and 0.0 < top_p <= 1.0 and 0.0 <= min_p <= 1.0):
-            raise GuestError("sampler needs temperature >= 0, 0 < top_p <= 1, 0 <= min_p <= 1")
-        if lp_ids and max(lp_ids) >= vocab:
-            raise GuestError(f"log-prob id {max(lp_ids)} is out of range (vocabulary size {vocab})")
-        spec = SamplerSpec(
-            temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, sample=sample,
-            dist_k=dist_k, raw_logits=raw,
-            logprob_ids=np.asarray(lp_ids, np.int32).tobytes() if lp_ids else b"",
-            entropy=ent)
+    for rec in samplers:
+        if rec[0] >= n:
+            raise GuestError(f"sampler index {rec[0]} is past the {n} input tokens")
+        idx, spec, lp_max = _sampler_spec(rec)
+        if lp_max >= vocab:
+            raise GuestError(f"log-prob id {lp_max} is out of range (vocabulary size {vocab})")
         outputs.append((idx, spec))
     req = ForwardRequest(ctx=cid, tokens=tokens, positions=positions, outputs=outputs,
                          attention_mask=attn or None, logit_mask=mask or None, after=after)
+    return _submit(st, eng, req, [s for _, s in outputs])
+
+
+def _submit(st: GuestState, eng: EngineService, req: ForwardRequest,
+            specs: list[SamplerSpec]) -> int:
     try:
         fut = eng.submit_forward(st.pid, req)
     except EngineError as e:
         raise GuestError(str(e)) from None
-    return st.add_future("forward", fut, ([s for _, s in outputs], req, eng))
+    return st.add_future("forward", fut, (specs, req, eng))
+
+
+def _sampler_spec(rec: tuple) -> tuple[int, SamplerSpec, int]:
+    """(index, spec, largest log-prob id or -1) of one `sampler` record, its ranges checked."""
+    idx, temp, top_k, top_p, min_p, seed, sample, dist_k, raw, lp_ids, ent = rec
+    if not (temp >= 0.0 and 0.0 < top_p <= 1.0 and 0.0 <= min_p <= 1.0):
+        raise GuestError("sampler needs temperature >= 0, 0 < top_p <= 1, 0 <= min_p <= 1")
+    spec = SamplerSpec(
+        temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, sample=sample,
+        dist_k=dist_k, raw_logits=raw,
+        logprob_ids=np.asarray(lp_ids, np.int32).tobytes() if lp_ids else b"",
+        entropy=ent)
+    return idx, spec, max(lp_ids) if lp_ids else -1
+
+
+@dataclass(slots=True)
+class SamplerSet:
+    """Output slots registered once (`inference.register-samplers`) for many passes."""
+
+    outputs: list[tuple[int, SamplerSpec]]
+    specs: list[SamplerSpec]
+    max_index: int
+    lp_max: int
+
+
+def inf_register_samplers(st: GuestState, samplers: list[tuple]) -> int:
+    outputs, lp_max = [], -1
+    for rec in samplers:
+        idx, spec, lp = _sampler_spec(rec)
+        outputs.append((idx, spec))
+        lp_max = max(lp_max, lp)
+    return st.new_handle(st.sampler_sets, SamplerSet(
+        outputs, [s for _, s in outputs], max((i for i, _ in outputs), default=-1), lp_max))
+
+
+def inf_release_samplers(st: GuestState, h: int) -> None:
+    st.sampler_sets.pop(h, None)
 
 
 def inf_forward_after(st: GuestState, c: int, after: int, tokens: list[int],
@@ -443,6 +481,30 @@ def inf_forward_after(st: GuestState, c: int, after: int, tokens: list[int],
     # the engine checks the rest (the pass samples a token and has not failed); index 0 is
     # a placeholder the engine replaces by the token `after` samples
     return inf_forward(st, c, [0, *tokens], positions, samplers, attn, mask, after=prev)
+
+
+def inf_forward_next(st: GuestState, c: int, after: int, position: int, samplers: int,
+                     mask: list[int]) -> int:
+    """`forward-after` of no further tokens, one position and registered samplers."""
+    kind, _, meta = st.future(after)
+    if kind != "forward":
+        raise GuestError(f"future {after} is not a forward pass")
+    _, prev, prev_eng = meta
+    eng, cid = st.context(c)
+    if prev_eng is not eng:
+        raise GuestError("a chained forward pass must run on the model of the pass it follows")
+    ss = st.sampler_sets.get(samplers)
+    if ss is None:
+        raise GuestError(f"unknown samplers handle {samplers}; register them first")
+    vocab = eng.info.vocab_size
+    _check_brle(mask, vocab, "the logit mask")
+    if ss.max_index >= 1:
+        raise GuestError(f"sampler index {ss.max_index} is past the 1 input tokens")
+    if ss.lp_max >= vocab:
+        raise GuestError(f"log-prob id {ss.lp_max} is out of range (vocabulary size {vocab})")
+    req = ForwardRequest(ctx=cid, tokens=[0], positions=[position], outputs=list(ss.outputs),
+                         logit_mask=mask or None, after=prev)
+    return _submit(st, eng, req, ss.specs)
 
 
 def _output(st: GuestState, h: int) -> tuple[list[RowResult], list[SamplerSpec]]:
@@ -479,6 +541,27 @@ def inf_take_tokens(st: GuestState, h: int) -> list[int]:
         return inf_tokens(st, h)
     finally:
         st.futures.pop(h, None)
+
+
+def inf_wait_tokens(st: GuestState, h: int) -> Any:
+    """`take-tokens` once the pass has finished (the guest waits in this call)."""
+    kind, fut, _ = st.future(h)
+    if kind != "forward":
+        raise GuestError(f"future {h} is not a forward pass")
+    if fut.done():
+        return inf_take_tokens(st, h)
+    result = asyncio.get_running_loop().create_future()
+
+    def finish(_: asyncio.Future) -> None:
+        if result.done():
+            return
+        try:
+            result.set_result(inf_take_tokens(st, h))
+        except GuestError as e:
+            result.set_result(Err(str(e)))
+
+    fut.add_done_callback(finish)
+    return result
 
 
 def inf_distribution(st: GuestState, h: int, slot: int) -> tuple[list[int], list[float]]:
@@ -735,7 +818,7 @@ def pl_release(st: GuestState, h: int) -> None:
 
 # Imports where a guest may wait indefinitely (for a batch, a message); in every other
 # waiting import it is about to continue (see `abi.runnable_guests`).
-PARKING = frozenset({"wait"})
+PARKING = frozenset({"wait", "wait-tokens"})
 
 _R = RESULT
 IFACE = "pie:inferlet/{}@0.1.0"
@@ -781,8 +864,13 @@ IMPORTS: list[tuple[str, str, Callable, list[Ty], Ty | None, bool]] = [
      [U32, LIST_U32, LIST_U32, LIST(SAMPLER), LIST(LIST_U32), LIST_U32], _R(U32), False),
     ("inference", "forward-after", inf_forward_after,
      [U32, U32, LIST_U32, LIST_U32, LIST(SAMPLER), LIST(LIST_U32), LIST_U32], _R(U32), False),
+    ("inference", "register-samplers", inf_register_samplers, [LIST(SAMPLER)], _R(U32), False),
+    ("inference", "release-samplers", inf_release_samplers, [U32], None, False),
+    ("inference", "forward-next", inf_forward_next, [U32, U32, U32, U32, LIST_U32], _R(U32),
+     False),
     ("inference", "tokens", inf_tokens, [U32], _R(LIST_U32), False),
     ("inference", "take-tokens", inf_take_tokens, [U32], _R(LIST_U32), False),
+    ("inference", "wait-tokens", inf_wait_tokens, [U32], _R(LIST_U32), True),
     ("inference", "distribution", inf_distribution, [U32, U32],
      _R(TUPLE(LIST_U32, LIST_F32)), False),
     ("inference", "logits", inf_logits, [U32, U32], _R(BYTES), False),

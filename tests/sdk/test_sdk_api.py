@@ -219,7 +219,8 @@ async def main(input):
 
     seen = []
     patched = {}
-    for name in ("release", "take-tokens"):  # the two ways a guest frees a pass's results
+    # the ways a guest frees a pass's results
+    for name in ("release", "take-tokens", "wait-tokens"):
         idx = next(i for i, imp in enumerate(host.IMPORTS) if imp[1] == name)
         real = host.IMPORTS[idx][2]
 
@@ -270,3 +271,60 @@ async def main(input):
         # the KV holds the first turn, the cue and every sampled token but the last one
         in_kv = tok.render_chat(convo[:1], True) + tok.decode(reply[:-1])
         assert in_kv + pending == tok.render_chat(convo, True), (case, pending)
+
+
+def test_registered_samplers_and_wait_tokens_at_the_wit_level():
+    src = """
+import asyncio
+from componentize_py_types import Err
+from wit_world.imports import context as cx, inference as inf, model as md, poll
+from wit_world.imports.inference import Sampler as Rec
+
+def err(fn, *args):
+    try:
+        fn(*args)
+    except Err as e:
+        return e.value
+    return None
+
+async def main(input):
+    m = md.load("")
+    c = cx.create(m)
+    cx.reserve_pages(c, 2)
+    argmax = Rec(0, 0.0, 0, 1.0, 0.0, 0, True, -1, False, [], False)
+    out = {}
+    out["bad_range"] = err(inf.register_samplers, [Rec(0, -1.0, 0, 1.0, 0.0, 0, True, -1,
+                                                        False, [], False)])
+    past = inf.register_samplers([Rec(1, 0.0, 0, 1.0, 0.0, 0, True, -1, False, [], False)])
+    big_lp = inf.register_samplers([Rec(0, 1.0, 0, 1.0, 0.0, 0, False, 0, False, [9999],
+                                        False)])
+    s = inf.register_samplers([argmax])
+    last = Rec(2, 0.0, 0, 1.0, 0.0, 0, True, -1, False, [], False)
+    f1 = inf.forward(c, [1, 2, 3], [0, 1, 2], [last], [], [])
+    out["unknown"] = err(inf.forward_next, c, f1, 3, 12345, [])
+    out["past"] = err(inf.forward_next, c, f1, 3, past, [])
+    out["big_lp"] = err(inf.forward_next, c, f1, 3, big_lp, [])
+    out["not_forward"] = err(inf.forward_next, c, 777, 3, s, [])
+    f2 = inf.forward_next(c, f1, 3, s, [])
+    f3 = inf.forward_after(c, f2, [], [4], [argmax], [], [])
+    t1 = inf.wait_tokens(f1)
+    t2 = inf.wait_tokens(f2)
+    out["taken_again"] = err(inf.wait_tokens, f1)
+    poll.wait([f3], -1)
+    out["tokens"] = [t1, t2, inf.take_tokens(f3)]
+    inf.release_samplers(s)
+    f4 = inf.forward(c, [7], [4], [argmax], [], [])
+    out["released"] = err(inf.forward_next, c, f4, 5, s, [])
+    return out
+"""
+    out = _run(src)
+    out = json.loads(out) if isinstance(out, str) else out
+    assert out["bad_range"] == "sampler needs temperature >= 0, 0 < top_p <= 1, 0 <= min_p <= 1"
+    assert out["unknown"].startswith("unknown samplers handle 12345")
+    assert out["past"] == "sampler index 1 is past the 1 input tokens"
+    assert out["big_lp"] == "log-prob id 9999 is out of range (vocabulary size 260)"
+    assert out["not_forward"].startswith("unknown future handle 777")
+    assert out["taken_again"].startswith("unknown future handle")
+    assert out["released"].startswith("unknown samplers handle")
+    prompt = [1, 2, 3]
+    assert [t for ts in out["tokens"] for t in ts] == reference_greedy(prompt, 3, set())

@@ -64,16 +64,23 @@ class GuestLoop(asyncio.BaseEventLoop):
         pass
 
 
+def idle() -> bool:
+    """Whether nothing else in this guest could run while the caller waits on the host.
+
+    Then a waiting call may block in the host directly (the same wait the loop's selector
+    would make, without a trip through the loop).
+    """
+    loop = asyncio.get_running_loop()
+    return not _pending and not loop._ready and not loop._scheduled
+
+
 async def wait_for(handle: int) -> int:
     """Suspend the calling coroutine until host future `handle` is ready; returns it."""
-    loop = asyncio.get_running_loop()
-    if not _pending and not loop._ready and not loop._scheduled:
-        # nothing else in this guest could run meanwhile: park on the host directly (the
-        # same wait the loop's selector would make, without a trip through the loop)
+    if idle():
         while handle not in _poll.wait([handle], -1):
             pass
         return handle
-    fut = loop.create_future()
+    fut = asyncio.get_running_loop().create_future()
     _pending[handle] = fut
     try:
         return await fut

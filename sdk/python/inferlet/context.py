@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from wit_world.imports import context as _ctx
+from wit_world.imports import inference as _inf
 
 from . import _loop
 from ._errors import PieError, call
-from .forward import Forward, Output, submit, submit_after
+from .forward import Forward, Output, has_probe, submit, submit_next
 from .model import Model
 from .sampler import Probe, Sampler
 
@@ -180,21 +181,28 @@ class Context:
         self._inflight += len(tokens)
         return handle
 
-    def _submit_after(self, after: int, position: int, recs: list, mask: list[int]) -> int:
+    def _submit_next(self, after: int, position: int, samplers: int, mask: list[int]) -> int:
         """Queue a one-token pass fed by the token pass `after` samples (see `generate`)."""
         self._reserve_for(1)
-        handle = submit_after(self._h, after, [position], recs, mask)
+        handle = submit_next(self._h, after, position, samplers, mask)
         self._inflight += 1
         return handle
 
     async def _complete(self, handle: int, n: int, positions: list[int],
                         slots: list[tuple[int, Sampler | Probe]], commit: bool = True) -> Output:
         """Wait for a submitted pass, then account its tokens and commit full pages."""
+        kinds = [s for _, s in slots]
+        out = None
         try:
-            await _loop.wait_for(handle)
+            if _loop.idle() and not has_probe(kinds):
+                # nothing else to run here: wait and take the tokens in one host call
+                out = Output.taken(call(_inf.wait_tokens, handle), kinds)
+            else:
+                await _loop.wait_for(handle)
         finally:
             self._inflight -= n
-        out = Output(handle, [s for _, s in slots])
+        if out is None:
+            out = Output(handle, kinds)
         self.working_tokens += n
         self.seq_len = max(self.seq_len + n, max(positions) + 1)
         full = self.working_tokens // self.page_size if commit else 0

@@ -25,7 +25,7 @@ class Output:
 
     def __init__(self, handle: int, slots: list[Sampler | Probe]) -> None:
         self._slots = slots
-        if not any(isinstance(s, Probe) for s in slots):
+        if not has_probe(slots):
             # nothing but tokens to read: take them and free the host-side rows in one call
             self._h = None
             self.tokens: list[int] = call(_inf.take_tokens, handle)
@@ -36,6 +36,13 @@ class Output:
         except BaseException:
             self.release()
             raise
+
+    @classmethod
+    def taken(cls, tokens: list[int], slots: list[Sampler | Probe]) -> Output:
+        """The output of a pass without probes whose tokens were already taken."""
+        out = cls.__new__(cls)
+        out._slots, out._h, out.tokens = slots, None, tokens
+        return out
 
     def release(self) -> None:
         """Free the host-side results (probes cannot be read afterwards)."""
@@ -140,10 +147,26 @@ def submit(ctx_handle: int, tokens: list[int], positions: list[int],
     return call(_inf.forward, ctx_handle, tokens, positions, recs, attn, mask)
 
 
-def submit_after(ctx_handle: int, after: int, positions: list[int], recs: list,
-                 mask: list[int]) -> int:
+def submit_next(ctx_handle: int, after: int, position: int, samplers: int,
+                mask: list[int]) -> int:
     """Queue a one-token pass whose input is the token pass `after` samples (not known yet).
 
-    `recs` are the slots' WIT records (`sampler_record`), built once by the caller.
+    `samplers` is a handle of the slots registered once (`register_samplers`).
     """
-    return call(_inf.forward_after, ctx_handle, after, [], positions, recs, [], mask)
+    return call(_inf.forward_next, ctx_handle, after, position, samplers, mask)
+
+
+def register_samplers(slots: list[tuple[int, Sampler | Probe]]) -> int:
+    """A host handle for these output slots, reused by every `submit_next` that has them."""
+    return call(_inf.register_samplers, [sampler_record(i, s) for i, s in slots])
+
+
+def release_samplers(handle: int) -> None:
+    _inf.release_samplers(handle)
+
+
+def has_probe(slots: list[Sampler | Probe]) -> bool:
+    for s in slots:
+        if isinstance(s, Probe):
+            return True
+    return False

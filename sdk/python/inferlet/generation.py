@@ -16,15 +16,15 @@ appended to the context between steps is handled the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from wit_world.imports import poll as _poll
 
 from ._errors import PieError
 from .context import Ahead
-from .forward import Output
-from .sampler import Probe, Sampler, sampler_record
+from .forward import Output, register_samplers, release_samplers
+from .sampler import Probe, Sampler
 
 
 class StepOutput:
@@ -53,11 +53,14 @@ class StepOutput:
 
 
 class GenStep:
+    __slots__ = ("_gen",)
+
     def __init__(self, gen: Generator) -> None:
         self._gen = gen
 
-    async def execute(self) -> StepOutput:
-        return await self._gen._step()
+    def execute(self) -> Awaitable[StepOutput]:
+        """Run this step: `out = await step.execute()`."""
+        return self._gen._step()
 
 
 class Generator:
@@ -85,7 +88,8 @@ class Generator:
         self.stopped_by: int | None = None
         self._lookahead = lookahead and not self._constraints
         self._next_slots = self._slots(0)  # the slots of every one-token step
-        self._next_recs = [sampler_record(i, s) for i, s in self._next_slots]
+        self._probe_slots = list(range(1, len(self._next_slots)))
+        self._samplers: int | None = None  # their host handle, registered at first use
 
     def is_done(self) -> bool:
         return self.done
@@ -134,7 +138,9 @@ class Generator:
             handle, pos, slots = ahead.handle, [ahead.position], ahead.slots
         if self._lookahead and len(self.generated) + 1 < self.max_tokens:
             nxt_pos = pos[-1] + 1
-            ctx._ahead = Ahead(ctx._submit_after(handle, nxt_pos, self._next_recs, self._mask),
+            if self._samplers is None:
+                self._samplers = register_samplers(self._next_slots)
+            ctx._ahead = Ahead(ctx._submit_next(handle, nxt_pos, self._samplers, self._mask),
                                nxt_pos, self._next_slots)
         try:
             out = await ctx._complete(handle, len(pos), pos, slots)
@@ -145,6 +151,7 @@ class Generator:
                 ctx._inflight -= 1
                 _poll.release(dropped.handle)
             self.done = True
+            self._release_samplers()
             raise
         tok = out.tokens[0]
         self.generated.append(tok)
@@ -158,8 +165,20 @@ class Generator:
         elif len(self.generated) >= self.max_tokens:
             self.done = True
         if self.done:
+            self._release_samplers()
             ctx._close_turn(self.generated, self.stopped_by)
-        return StepOutput([tok], out, list(range(1, len(slots))))
+        return StepOutput([tok], out, self._probe_slots)
+
+    def _release_samplers(self) -> None:
+        if self._samplers is not None:
+            h, self._samplers = self._samplers, None
+            release_samplers(h)
+
+    def __del__(self) -> None:
+        try:
+            self._release_samplers()
+        except Exception:  # noqa: BLE001, S110 - the instance may be shutting down
+            pass
 
     async def collect_tokens(self) -> list[int]:
         async for step in self:
