@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import itertools
 import struct
 import threading
@@ -359,8 +360,30 @@ def RESULT(ok: Ty | None) -> Ty:
     def lift(c):
         raise NotImplementedError("results are only passed from host to guest")
 
-    ty = Ty(f"result<{ok.name if ok else '_'}, string>", lift, lower)
+    k_result = _K["RESULT"]
+    head = struct.Struct("<B7x?7xQ")  # kind, then the union's valresult {is_ok, val*}
+    ok_lower_at = ok.lower_at if ok is not None else None
+    memmove, addressof = ctypes.memmove, ctypes.addressof
+
+    def lower_at(v, addr):
+        # ok(value) written in place: the value lowered into a scratch slot, moved to the heap
+        if isinstance(v, Err):
+            lower(v, _VAL.from_address(addr))
+            return
+        ptr = 0
+        if ok_lower_at is not None:
+            scratch = _VAL()
+            ok_lower_at(v, addressof(scratch))
+            ptr = _val_new(addressof(scratch))
+        memmove(addr, head.pack(k_result, True, ptr), head.size)
+
+    ty = Ty(f"result<{ok.name if ok else '_'}, string>", lift, lower, lower_at=lower_at)
     return ty
+
+
+# `wasmtime_component_val_new` taking and returning raw addresses
+_val_new = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(
+    ctypes.cast(ffi.dll.wasmtime_component_val_new, ctypes.c_void_p).value)
 
 
 # --- registration -------------------------------------------------------------------------
@@ -411,6 +434,10 @@ def _make_sync(fn: Callable, params: list[Ty], result: Ty | None, is_result: boo
     lower = result.lower_at if result is not None else None
     lift0 = lifts[0] if n >= 1 else None
     lift1 = lifts[1] if n >= 2 else None
+    lift2 = lifts[2] if n >= 3 else None
+    lift3 = lifts[3] if n >= 4 else None
+    lift4 = lifts[4] if n >= 5 else None
+    v1, v2, v3, v4 = VAL_SIZE, 2 * VAL_SIZE, 3 * VAL_SIZE, 4 * VAL_SIZE
     get_data = ffi.wasmtime_context_get_data
     ctx_ptr = POINTER(ffi.wasmtime_context_t)
 
@@ -425,7 +452,14 @@ def _make_sync(fn: Callable, params: list[Ty], result: Ty | None, is_result: boo
                 elif n == 1:
                     r = fn(st, lift0(args))
                 elif n == 2:
-                    r = fn(st, lift0(args), lift1(args + VAL_SIZE))
+                    r = fn(st, lift0(args), lift1(args + v1))
+                elif n == 3:
+                    r = fn(st, lift0(args), lift1(args + v1), lift2(args + v2))
+                elif n == 4:
+                    r = fn(st, lift0(args), lift1(args + v1), lift2(args + v2), lift3(args + v3))
+                elif n == 5:
+                    r = fn(st, lift0(args), lift1(args + v1), lift2(args + v2), lift3(args + v3),
+                           lift4(args + v4))
                 else:
                     r = fn(st, *[lift(args + i * VAL_SIZE) for i, lift in enumerate(lifts)])
             except GuestError as e:
@@ -460,7 +494,7 @@ def _cont_poll(key):
         return False  # the driver sees the failure and abandons the call
     if ent[1] is not None:
         try:
-            ent[1].lower(fut.result(), ent[2][0])
+            ent[1].lower_at(fut.result(), ent[2])
         except BaseException as e:  # noqa: BLE001 - a result that cannot cross: fail the guest
             ent[3].fault = e
             return False
@@ -509,7 +543,7 @@ def _async_impl(idx, context, ty_raw, args, nargs, results, nresults, error_ret,
         fut.set_result(None)
         result = None
     key = next(_ids)
-    _PENDING[key] = [fut, result, results, st]
+    _PENDING[key] = [fut, result, ctypes.cast(results, ctypes.c_void_p).value, st]
     cont[0].callback = _cont_poll
     cont[0].env = key
     cont[0].finalizer = _cont_finalize
@@ -564,6 +598,11 @@ def runnable_guests() -> int:
     return _runnable[0]
 
 
+def _wake(waiter: asyncio.Future, _: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 async def _drive(call_future, state) -> None:
     _runnable[0] += 1
     try:
@@ -593,8 +632,12 @@ async def _drive_runnable(call_future, state) -> None:
             if not p.done():
                 parked = getattr(state, "parked", True)
                 _runnable[0] -= parked
+                # wait without taking `p` along if this task is cancelled (what asyncio.wait
+                # does, minus its bookkeeping)
+                waiter = p.get_loop().create_future()
+                p.add_done_callback(functools.partial(_wake, waiter))
                 try:
-                    await asyncio.wait((p,))
+                    await waiter
                 finally:
                     _runnable[0] += parked
             if p.cancelled():
