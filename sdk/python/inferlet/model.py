@@ -28,15 +28,61 @@ class Tokenizer:
 
 
 class Model:
-    """A served model. `Model.load()` binds to the default model."""
+    """A served model. `Model.load()` binds to the default model.
+
+    Its facts (`name`, `arch`, `vocab_size`, `page_size`, `max_seq_len`, stop and EOS tokens)
+    are asked of the host when first read: an inferlet that never reads them saves the calls.
+    """
 
     def __init__(self, handle: int) -> None:
         self._h = handle
-        self.name, self.arch = call(_model.describe, handle)
-        self.vocab_size, self.page_size, self.max_seq_len = call(_model.shape, handle)
-        self._stop = list(call(_model.stop_tokens, handle))
-        self._eos = list(call(_model.eos_tokens, handle))
+        self._described: tuple[str, str] | None = None
+        self._shape: tuple[int, int, int] | None = None
+        self._stop_ids: list[int] | None = None
+        self._eos_ids: list[int] | None = None
         self._tokenizer: Tokenizer | None = None
+
+    def _describe(self) -> tuple[str, str]:
+        if self._described is None:
+            self._described = tuple(call(_model.describe, self._h))
+        return self._described
+
+    def _dims(self) -> tuple[int, int, int]:
+        if self._shape is None:
+            self._shape = tuple(call(_model.shape, self._h))
+        return self._shape
+
+    @property
+    def name(self) -> str:
+        return self._describe()[0]
+
+    @property
+    def arch(self) -> str:
+        return self._describe()[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._dims()[0]
+
+    @property
+    def page_size(self) -> int:
+        return self._dims()[1]
+
+    @property
+    def max_seq_len(self) -> int:
+        return self._dims()[2]
+
+    @property
+    def _stop(self) -> list[int]:
+        if self._stop_ids is None:
+            self._stop_ids = list(call(_model.stop_tokens, self._h))
+        return self._stop_ids
+
+    @property
+    def _eos(self) -> list[int]:
+        if self._eos_ids is None:
+            self._eos_ids = list(call(_model.eos_tokens, self._h))
+        return self._eos_ids
 
     @staticmethod
     def load(name: str | None = None) -> Model:
