@@ -131,6 +131,7 @@ class AttentionPlan:
     _kv_slots: torch.Tensor | None = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
     _mask_source: tuple[np.ndarray, np.ndarray, int, int] | None = field(default=None, repr=False)
+    _subsets: dict[int, AttentionPlan | None] = field(default_factory=dict, repr=False)
 
     @staticmethod
     def build(
@@ -222,8 +223,6 @@ class AttentionPlan:
                     j_of_token,
                     kv_len,
                 )
-        if mask is None and dev.type != "cuda":
-            mask = _causal_mask(kv_len, n_q, q_max, l_max)  # the torch path will need it
 
         def put(a: np.ndarray, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device=dev, dtype=dtype)
@@ -287,6 +286,36 @@ class AttentionPlan:
             self._group_masks[group] = m
         return m
 
+    def long_requests(self, max_rows: int) -> AttentionPlan | None:
+        """The plan restricted to the requests with more than `max_rows` query rows (cached).
+
+        None when there are none. The subset keeps the flat token numbering of the whole
+        batch (its `query_rows` index the batch's q), so its result rows scatter into the
+        batch's output; its gather, mask and padding cover only those requests.
+        """
+        if max_rows in self._subsets:
+            return self._subsets[max_rows]
+        assert self._mask_source is not None
+        kv_len, n_q, _, _ = self._mask_source
+        idx = np.nonzero(n_q > max_rows)[0]
+        sub = None
+        if idx.size:
+            q_sub, l_sub = int(n_q[idx].max()), int(kv_len[idx].max())
+            t = torch.from_numpy(idx).to(self.gather_slots.device)
+            sub = AttentionPlan(
+                page_size=self.page_size,
+                write_slots=self.write_slots,
+                gather_slots=self.gather_slots[t, :l_sub].contiguous(),
+                query_rows=self.query_rows[t, :q_sub].contiguous(),
+                query_valid=self.query_valid[t, :q_sub].contiguous(),
+                num_tokens=self.num_tokens,
+                has_custom_mask=self.has_custom_mask,
+                dense_queries=False,
+                _mask=self.mask[t, :, :q_sub, :l_sub].contiguous(),
+            )
+        self._subsets[max_rows] = sub
+        return sub
+
 
 # --- launcher checks --------------------------------------------------------------------------
 
@@ -349,15 +378,20 @@ def _write_kv_torch(
 
 
 def _paged_attention_torch(
-    q: torch.Tensor, kv_layer: torch.Tensor, plan: AttentionPlan, scale: float | None
+    q: torch.Tensor,
+    kv_layer: torch.Tensor,
+    plan: AttentionPlan,
+    scale: float | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The gather + SDPA path; with `out`, writes only the plan's query rows into it."""
     t, hq, d = q.shape
     num_pages, _, page_size, hkv, _ = kv_layer.shape
     group = hq // hkv
     r, qn = plan.query_rows.shape
     l_max = plan.gather_slots.shape[1]
     if r == 0 or t == 0:
-        return q.new_zeros(t, hq, d)
+        return q.new_zeros(t, hq, d) if out is None else out
     flat = kv_layer.view(num_pages * 2 * page_size, hkv, d)
     # K and V rows in one gather, into a buffer reused by every layer of the batch: writing
     # into already-faulted memory is ~5x faster than a fresh allocation per call
@@ -370,16 +404,16 @@ def _paged_attention_torch(
     qb = q.reshape(r, qn, hq, d) if plan.dense_queries else q[plan.query_rows]  # [R, Q, Hq, D]
     # the group's query heads act as extra query rows of their KV head: no K/V repeat
     qg = qb.view(r, qn, hkv, group, d).permute(0, 2, 3, 1, 4).reshape(r, hkv, group * qn, d)
-    out = torch.nn.functional.scaled_dot_product_attention(
+    o = torch.nn.functional.scaled_dot_product_attention(
         qg, k, v, attn_mask=plan.group_mask(group), scale=scale
     )  # [R, Hkv, G*Q, D]
     if plan.has_custom_mask:
-        out = torch.nan_to_num_(out, nan=0.0)  # a row that may attend to nothing gives zeros
-    out = out.view(r, hkv, group, qn, d).permute(0, 3, 1, 2, 4).reshape(r, qn, hq, d)
-    if plan.dense_queries:
-        return out.reshape(t, hq, d)
-    result = q.new_empty(t, hq, d)
-    result[plan.query_rows[plan.query_valid]] = out[plan.query_valid]
+        o = torch.nan_to_num_(o, nan=0.0)  # a row that may attend to nothing gives zeros
+    o = o.view(r, hkv, group, qn, d).permute(0, 3, 1, 2, 4).reshape(r, qn, hq, d)
+    if plan.dense_queries and out is None:
+        return o.reshape(t, hq, d)
+    result = q.new_empty(t, hq, d) if out is None else out
+    result[plan.query_rows[plan.query_valid]] = o[plan.query_valid].to(result.dtype)
     return result
 
 
@@ -682,7 +716,33 @@ def paged_attention(
     if q.device.type == "cuda":
         return paged_attention_triton(q, kv_layer, plan, scale)
     _check_attention_inputs(q, kv_layer, plan)
+    if q.device.type == "cpu" and not plan.has_custom_mask and plan.num_tokens:
+        from pie.kernels import cpu_attention
+
+        if cpu_attention.available():
+            return _paged_attention_cpu(q, kv_layer, plan, scale)
     return _paged_attention_torch(q, kv_layer, plan, scale)
+
+
+def _paged_attention_cpu(
+    q: torch.Tensor, kv_layer: torch.Tensor, plan: AttentionPlan, scale: float | None
+) -> torch.Tensor:
+    """Short query blocks (decode, small drafts) on the page-walking C++ kernel; requests
+    with longer blocks (prefill) on the torch path, whose SDPA wins there."""
+    from pie.kernels.cpu_attention import MAX_QUERY_ROWS, paged_attention_cpu
+
+    assert plan.qo_indptr is not None and plan.page_table is not None
+    assert plan.kv_lens is not None
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    long = plan.long_requests(MAX_QUERY_ROWS)
+    if long is not None and long.query_rows.shape[0] == plan.query_rows.shape[0]:
+        return _paged_attention_torch(q, kv_layer, plan, scale)  # all long: nothing to split
+    out = paged_attention_cpu(
+        q, kv_layer, plan.qo_indptr, plan.page_table, plan.kv_lens, scale, MAX_QUERY_ROWS
+    )
+    if long is not None:
+        _paged_attention_torch(q, kv_layer, long, scale, out=out)
+    return out
 
 
 # --- float64 reference ------------------------------------------------------------------------

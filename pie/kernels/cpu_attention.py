@@ -1,0 +1,339 @@
+"""A page-walking attention kernel for CPUs (C++, built once on first use).
+
+The torch path of `pie.kernels.attention` copies every K/V slot a batch needs into a padded
+buffer (`index_select`) and runs `scaled_dot_product_attention` on it. For decode-sized query
+blocks that is wasteful twice over: the gather writes and re-reads all K/V, and SDPA's CPU
+kernel is tuned for long query blocks, so a 1-3 row block per (request, KV head) costs far
+more than its arithmetic. This kernel reads K/V straight from the pages instead:
+
+    for every (request r, KV head h), in parallel over torch's intra-op threads:
+        the n_r query rows of r times the `group` query heads of h form one block of rows;
+        pass 1: walk r's slots through its page table, one K row at a time, and score it
+                against every row that may see it (row j sees slots <= L_r - n_r + j);
+        softmax each row over its visible prefix (float32);
+        pass 2: walk the slots again and accumulate the V rows with those weights.
+
+Same semantics as the torch path for causal batches (no custom masks): the caller checks
+`supports(plan)`. K/V may be float32, bfloat16 or float16 (read as float32); q and the output
+are float32. Accumulation is float32 in a fixed order per row, so a row's result does not
+depend on the other requests in its batch.
+
+Build: `torch.utils.cpp_extension.load_inline` (needs a C++ compiler and ninja), cached in
+torch's extension directory under a name that includes a hash of the source and of this CPU's
+instruction-set flags (the code is compiled with `-march=native`), so a cache carried to
+another CPU is never loaded there. `available()` builds or loads it once per process and
+answers False (with one warning in the log) if that fails; the torch path then serves.
+`python -m pie.kernels.cpu_attention` builds it ahead of time (the Makefile's setup does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import threading
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Query rows per request up to which the kernel is used; longer blocks (prefill) go to SDPA,
+# whose blocked GEMMs win there.
+MAX_QUERY_ROWS = 16
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// 8 floats: GCC/Clang vector extensions, lowered to AVX/AVX-512 or NEON by -march=native
+typedef float v8f __attribute__((vector_size(32)));
+typedef unsigned short v8h __attribute__((vector_size(16)));
+typedef unsigned int v8u __attribute__((vector_size(32)));
+
+inline v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline v8f load8(const c10::BFloat16* p) {  // bfloat16 is the top half of a float32
+  v8h h;
+  std::memcpy(&h, p, sizeof h);
+  v8u w = __builtin_convertvector(h, v8u) << 16;
+  v8f f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
+inline v8f load8(const c10::Half* p) {
+  float t[8];
+  for (int i = 0; i < 8; ++i) t[i] = static_cast<float>(p[i]);
+  return load8(t);
+}
+inline float hsum(v8f v) {
+  return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+// C = head_dim / 8 when known at compile time (the common head sizes), 0 = at run time
+template <typename kv_t, int C>
+void attend(const float* q, const kv_t* kv, const int32_t* qo, const int32_t* table,
+            const int32_t* lens, float* out, int64_t num_req, int64_t hq, int64_t hkv,
+            int64_t dim, int64_t page_size, int64_t pmax, float scale, int64_t max_rows) {
+  const int64_t chunks = C ? C : dim / 8;
+  const int64_t group = hq / hkv;
+  const int64_t slot = hkv * dim;              // one K (or V) slot of one page
+  const int64_t page = 2 * page_size * slot;   // a page: page_size K slots, then V slots
+  at::parallel_for(0, num_req * hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> score;
+    std::vector<v8f> acc(chunks), qv(chunks);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t r = w / hkv, h = w % hkv;
+      const int64_t t0 = qo[r], n = qo[r + 1] - qo[r], len = lens[r];
+      if (n <= 0 || n > max_rows) continue;  // longer blocks are the caller's
+      const int64_t first = len - n;         // query row j sees slots [0, first + j]
+      const int32_t* tab = table + r * pmax;
+      const kv_t* base = kv + h * dim;
+      auto key = [&](int64_t s) { return base + tab[s / page_size] * page + (s % page_size) * slot; };
+      score.resize(len);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t visible = first + j + 1;
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t head = h * group + g;
+          const float* qr = q + ((t0 + j) * hq + head) * dim;
+          for (int64_t c = 0; c < chunks; ++c) qv[c] = load8(qr + 8 * c) * scale;
+          // scores, four slots at a time (independent accumulators)
+          float mx = -std::numeric_limits<float>::infinity();
+          int64_t s = 0;
+          for (; s + 4 <= visible; s += 4) {
+            const kv_t *k0 = key(s), *k1 = key(s + 1), *k2 = key(s + 2), *k3 = key(s + 3);
+            v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+            for (int64_t c = 0; c < chunks; ++c) {
+              a0 += qv[c] * load8(k0 + 8 * c);
+              a1 += qv[c] * load8(k1 + 8 * c);
+              a2 += qv[c] * load8(k2 + 8 * c);
+              a3 += qv[c] * load8(k3 + 8 * c);
+            }
+            score[s] = hsum(a0);
+            score[s + 1] = hsum(a1);
+            score[s + 2] = hsum(a2);
+            score[s + 3] = hsum(a3);
+            mx = std::max(mx, std::max(std::max(score[s], score[s + 1]),
+                                       std::max(score[s + 2], score[s + 3])));
+          }
+          for (; s < visible; ++s) {
+            const kv_t* k0 = key(s);
+            v8f a0 = {};
+            for (int64_t c = 0; c < chunks; ++c) a0 += qv[c] * load8(k0 + 8 * c);
+            score[s] = hsum(a0);
+            mx = std::max(mx, score[s]);
+          }
+          float total = 0.f;
+          for (int64_t t = 0; t < visible; ++t) {
+            score[t] = std::exp(score[t] - mx);
+            total += score[t];
+          }
+          // weighted sum of the V rows
+          for (int64_t c = 0; c < chunks; ++c) acc[c] = v8f{};
+          for (int64_t t = 0; t < visible; ++t) {
+            const kv_t* v = key(t) + page_size * slot;
+            const float p = score[t];
+            for (int64_t c = 0; c < chunks; ++c) acc[c] += p * load8(v + 8 * c);
+          }
+          const float inv = 1.f / total;
+          float* dst = out + ((t0 + j) * hq + head) * dim;
+          for (int64_t c = 0; c < chunks; ++c) {
+            v8f o = acc[c] * inv;
+            std::memcpy(dst + 8 * c, &o, sizeof o);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename kv_t>
+void attend_any(const float* q, const kv_t* kv, const int32_t* qo, const int32_t* table,
+                const int32_t* lens, float* out, int64_t num_req, int64_t hq, int64_t hkv,
+                int64_t dim, int64_t page_size, int64_t pmax, float scale, int64_t max_rows) {
+  switch (dim) {
+    case 64:
+      return attend<kv_t, 8>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_rows);
+    case 128:
+      return attend<kv_t, 16>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_rows);
+    default:
+      return attend<kv_t, 0>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_rows);
+  }
+}
+
+}  // namespace
+
+// q [T, Hq, D] float32; kv_layer [P, 2, S, Hkv, D]; qo_indptr [R+1], page_table [R, pmax],
+// kv_lens [R] int32. Returns [T, Hq, D] float32; the rows of requests with more than max_rows
+// query rows are left unwritten.
+torch::Tensor paged_attention(torch::Tensor q, torch::Tensor kv_layer, torch::Tensor qo_indptr,
+                              torch::Tensor page_table, torch::Tensor kv_lens, double scale,
+                              int64_t max_rows) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(),
+              "q must be a contiguous float32 [T, Hq, D] tensor");
+  TORCH_CHECK(kv_layer.dim() == 5 && kv_layer.is_contiguous(),
+              "kv_layer must be a contiguous [P, 2, S, Hkv, D] tensor");
+  TORCH_CHECK(q.size(2) % 8 == 0, "head_dim must be a multiple of 8");
+  TORCH_CHECK(qo_indptr.scalar_type() == torch::kInt32 && page_table.scalar_type() == torch::kInt32 &&
+                  kv_lens.scalar_type() == torch::kInt32,
+              "qo_indptr, page_table and kv_lens must be int32");
+  auto qo = qo_indptr.contiguous();
+  auto table = page_table.contiguous();
+  auto lens = kv_lens.contiguous();
+  const int64_t num_req = lens.size(0);
+  const int64_t hq = q.size(1), dim = q.size(2);
+  const int64_t page_size = kv_layer.size(2), hkv = kv_layer.size(3);
+  const int64_t pmax = table.dim() == 2 ? table.size(1) : 0;
+  auto out = torch::empty_like(q);
+  const float* qp = q.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int32_t *qop = qo.data_ptr<int32_t>(), *tp = table.data_ptr<int32_t>(),
+                *lp = lens.data_ptr<int32_t>();
+  const float sc = static_cast<float>(scale);
+  switch (kv_layer.scalar_type()) {
+    case torch::kFloat32:
+      attend_any(qp, kv_layer.data_ptr<float>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_rows);
+      break;
+    case torch::kBFloat16:
+      attend_any(qp, kv_layer.data_ptr<c10::BFloat16>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_rows);
+      break;
+    case torch::kFloat16:
+      attend_any(qp, kv_layer.data_ptr<c10::Half>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_rows);
+      break;
+    default:
+      TORCH_CHECK(false, "kv_layer must be float32, bfloat16 or float16");
+  }
+  return out;
+}
+"""
+
+_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+_lock = threading.Lock()
+_module: Any = None
+_failed: str | None = None
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def module_name() -> str:
+    """The extension's name: changes with the source, the flags, the CPU and torch."""
+    key = "\n".join([_SOURCE, " ".join(_FLAGS), _cpu_flags(), torch.__version__])
+    return "pie_cpu_attention_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs `ninja` from PATH; the venv's own ninja may not be on it."""
+    if shutil.which("ninja"):
+        return
+    candidates = [os.path.dirname(sys.executable)]
+    try:
+        import ninja  # type: ignore[import-not-found]
+
+        candidates.insert(0, ninja.BIN_DIR)
+    except ImportError:
+        pass
+    for d in candidates:
+        if os.path.exists(os.path.join(d, "ninja")):
+            os.environ["PATH"] = d + os.pathsep + os.environ.get("PATH", "")
+            return
+
+
+def is_built() -> bool:
+    """Whether this machine already has the compiled extension (so loading it is quick)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        name = module_name()
+        return os.path.exists(os.path.join(_get_build_directory(name, False), name + ".so"))
+    except Exception:  # noqa: BLE001 - a private helper of torch: unknown means "no"
+        return False
+
+
+def load(verbose: bool = False) -> Any:
+    """Build (first time on this machine) or load the extension; raises if that fails."""
+    global _module
+    if _module is None:
+        from torch.utils.cpp_extension import load_inline
+
+        _ninja_on_path()
+        _module = load_inline(
+            name=module_name(),
+            cpp_sources=_SOURCE,
+            functions=["paged_attention"],
+            extra_cflags=_FLAGS,
+            extra_ldflags=["-fopenmp"],
+            verbose=verbose,
+        )
+    return _module
+
+
+def available() -> bool:
+    """Whether the kernel can run in this process (builds it on the first call)."""
+    global _failed
+    if _module is not None:
+        return True
+    if _failed is not None or os.environ.get("PIE_CPU_ATTENTION", "1") == "0":
+        return False
+    with _lock:
+        if _module is None and _failed is None:
+            try:
+                load()
+            except Exception as exc:  # noqa: BLE001 - any build failure means: use torch's path
+                _failed = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "the C++ CPU attention kernel could not be built (%s); attention runs on "
+                    "the slower torch path. Install a C++ compiler and ninja, then run "
+                    "`python -m pie.kernels.cpu_attention` to build it.",
+                    _failed.splitlines()[0][:300],
+                )
+    return _module is not None
+
+
+def paged_attention_cpu(
+    q: torch.Tensor,
+    kv_layer: torch.Tensor,
+    qo_indptr: torch.Tensor,
+    page_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    scale: float,
+    max_rows: int = MAX_QUERY_ROWS,
+) -> torch.Tensor:
+    """Causal paged attention for a ragged batch; returns [T, Hq, D] in q's dtype.
+
+    Requests with more than `max_rows` query rows are skipped: their output rows are left
+    uninitialized for the caller to fill.
+    """
+    out = load().paged_attention(
+        q.float().contiguous(), kv_layer, qo_indptr, page_table, kv_lens, float(scale), max_rows
+    )
+    return out if q.dtype == torch.float32 else out.to(q.dtype)
+
+
+if __name__ == "__main__":  # build ahead of time: python -m pie.kernels.cpu_attention
+    load(verbose="-v" in sys.argv)
+    print(f"built {module_name()}")

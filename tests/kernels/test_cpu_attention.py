@@ -1,0 +1,115 @@
+"""The C++ page-walking CPU attention kernel against the float64 reference and the torch path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pie.kernels import attention as attn
+from pie.kernels import cpu_attention
+from pie.kernels.attention import AttentionPlan, paged_attention, paged_attention_reference
+
+from test_attention import TOL, make_batch  # same directory (rootdir-relative import)
+
+pytestmark = pytest.mark.skipif(
+    not cpu_attention.available(), reason="the C++ CPU attention kernel could not be built here"
+)
+
+SHAPES = [
+    # n_q per request, kv_len per request, page, Hkv, group, D
+    ([1] * 9, [1, 2, 3, 4, 5, 15, 16, 17, 70], 16, 3, 3, 64),  # decode, every tail length
+    ([1, 2, 3], [40, 41, 42], 8, 2, 4, 128),  # short multi-row blocks (drafts), D=128
+    ([1, 16, 4], [33, 60, 4], 16, 1, 1, 64),  # MHA, a block of exactly MAX_QUERY_ROWS
+    ([2, 1], [9, 30], 4, 2, 2, 80),  # D=80: the run-time chunk count
+    ([0, 1, 0, 3], [5, 7, 0, 3], 16, 3, 3, 64),  # requests without query rows
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kernel_matches_reference(shape, dtype):
+    n_q, kv_len, page, hkv, group, d = shape
+    q, kv, csr, _ = make_batch(n_q, kv_len, page, hkv, group, d, dtype)
+    plan = AttentionPlan.build(*csr, page)
+    out = cpu_attention.paged_attention_cpu(
+        q, kv, plan.qo_indptr, plan.page_table, plan.kv_lens, d**-0.5
+    )
+    ref = paged_attention_reference(q, kv, *csr)
+    assert out.dtype == dtype and out.shape == q.shape
+    err = (out.double() - ref).abs().max().item()
+    assert err <= TOL[dtype] * max(1.0, ref.abs().max().item()), err
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mixed_batches_split_between_kernel_and_sdpa(seed, monkeypatch):
+    """Requests longer than MAX_QUERY_ROWS go to SDPA, the rest to the kernel, in one call."""
+    rng = np.random.default_rng(seed)
+    r = int(rng.integers(2, 7))
+    n_q = [int(x) for x in rng.integers(1, 40, r)]
+    n_q[0] = 1  # at least one short and one long request
+    n_q[-1] = 30
+    kv_len = [n + int(rng.integers(0, 40)) for n in n_q]
+    q, kv, csr, _ = make_batch(n_q, kv_len, 16, 3, 3, 64, torch.float32, seed=seed)
+    plan = AttentionPlan.build(*csr, 16)
+    sdpa_requests: list[int] = []
+    torch_path = attn._paged_attention_torch
+
+    def spy(q, kv_layer, plan, scale, out=None):
+        sdpa_requests.append(plan.query_rows.shape[0])
+        return torch_path(q, kv_layer, plan, scale, out)
+
+    monkeypatch.setattr(attn, "_paged_attention_torch", spy)
+    out = paged_attention(q, kv, plan)
+    ref = paged_attention_reference(q, kv, *csr)
+    assert (out.double() - ref).abs().max().item() <= 1e-5
+    assert sdpa_requests == [sum(n > cpu_attention.MAX_QUERY_ROWS for n in n_q)]
+
+
+def test_decode_batches_never_touch_the_gather_path(monkeypatch):
+    q, kv, csr, _ = make_batch([1] * 5, [3, 17, 30, 1, 64], 16, 3, 3, 64, torch.float32)
+    plan = AttentionPlan.build(*csr, 16)
+
+    def boom(*_a, **_k):
+        raise AssertionError("the gather + SDPA path ran for a decode batch")
+
+    monkeypatch.setattr(attn, "_paged_attention_torch", boom)
+    ref = paged_attention_reference(q, kv, *csr)
+    assert (paged_attention(q, kv, plan).double() - ref).abs().max().item() <= 1e-5
+
+
+def test_rows_do_not_depend_on_the_rest_of_the_batch():
+    """A request's rows are bit-identical alone and inside a bigger batch."""
+    n_q, kv_len = [1, 2, 1, 1], [20, 9, 45, 3]
+    q, kv, csr, _ = make_batch(n_q, kv_len, 16, 3, 3, 64, torch.float32, seed=4)
+    plan = AttentionPlan.build(*csr, 16)
+    full = paged_attention(q, kv, plan)
+    qo, pages, indptr, last = csr
+    for r in range(len(n_q)):
+        sub = (
+            np.array([0, n_q[r]], np.int32),
+            pages[indptr[r] : indptr[r + 1]],
+            np.array([0, indptr[r + 1] - indptr[r]], np.int32),
+            last[r : r + 1],
+        )
+        alone = paged_attention(q[qo[r] : qo[r + 1]], kv, AttentionPlan.build(*sub, 16))
+        assert torch.equal(alone, full[qo[r] : qo[r + 1]])
+
+
+def test_custom_masks_stay_on_the_torch_path(monkeypatch):
+    q, kv, csr, (runs, mptr) = make_batch([1, 1], [10, 20], 16, 2, 2, 64, torch.float32, masks=True)
+    plan = AttentionPlan.build(*csr, 16, runs, mptr)
+    assert plan.has_custom_mask
+
+    def boom(*_a, **_k):
+        raise AssertionError("the C++ kernel ran for a batch with custom masks")
+
+    monkeypatch.setattr(cpu_attention, "paged_attention_cpu", boom)
+    ref = paged_attention_reference(q, kv, *csr, runs, mptr)
+    assert (paged_attention(q, kv, plan).double() - ref).abs().max().item() <= 1e-5
+
+
+def test_module_name_follows_source_and_cpu(monkeypatch):
+    name = cpu_attention.module_name()
+    monkeypatch.setattr(cpu_attention, "_cpu_flags", lambda: "flags : something else")
+    assert cpu_attention.module_name() != name
