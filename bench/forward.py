@@ -14,7 +14,7 @@ median over --repeats runs, decode the median over all steps of all runs; the sy
 alternate within a repeat. Prints one table with ratios (ours / transformers).
 
 `--quant` lists runtime quantizations of ours to run side by side (`none` = the dtype's own
-weights, `int8` = `runtime_quant = "int8"`): with more than one, the table gets one column
+weights, `int8` = `runtime_quant = "int8"`, `bf16` likewise): with more than one, the table gets one column
 pair per mode and ratios to the first mode; `--no-hf` leaves transformers out.
 
     python bench/forward.py [--batches 1,8,32,64] [--prompt-len 64] [--new-tokens 16]
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--quant", default="none", help="runtime quantizations of ours: none, int8")
+    ap.add_argument("--quant", default="none", help="runtime quantizations of ours: none, int8, bf16")
     ap.add_argument("--no-hf", action="store_true", help="leave transformers out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -42,7 +42,7 @@ def generate(
     quant: str | None = typer.Option(
         None,
         "--quant",
-        help="Weight quantization: none or int8 (CPU, float32). Default: the config's "
+        help="Weight quantization: none, int8 or bf16 (CPU, float32). Default: the config's "
         "runtime_quant when the model comes from the config (int8 on CPU), else none.",
     ),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),

@@ -18,9 +18,11 @@ q/k/v and its slice of the MLP's intermediate dimension (column shards), the mat
 slices of o_proj and down_proj (row shards), and all-reduces after those two. Embeddings and
 the LM head are replicated.
 
-Runtime quantization (`LlamaModel.quantize("int8")`, CPU, float32): the four projections and
-the LM head run as `Int8Linear` (int8 weights per output channel, int8 activations per row,
-exact int32 products); the embedding table, norms, attention and the KV cache stay float32.
+Runtime quantization (`LlamaModel.quantize`, CPU, float32 activations): the four projections and
+the LM head run as `Int8Linear` ("int8": int8 weights per output channel, int8 activations per
+row, exact int32 products) or `Bf16Linear` ("bf16": bfloat16 weights prepacked for oneDNN,
+which uses AMX tiles where the CPU has them); the embedding table, norms, attention and the KV
+cache stay float32.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _frozen(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=False)
 
 
-RUNTIME_QUANTS = ("", "int8")
+RUNTIME_QUANTS = ("", "int8", "bf16")
 
 
 _TINY = torch.tensor(1e-30)
@@ -113,6 +115,38 @@ class Int8Linear:
         return self.weight_q.nbytes + self.scale.nbytes + b
 
 
+class Bf16Linear:
+    """A linear layer with bfloat16 weights for CPU: y = x W^T (+ b), float32 in and out.
+
+    The weight is converted to bfloat16 once and prepacked into oneDNN's blocked layout
+    (`torch.ops.mkldnn._reorder_linear_weight`), so no call reorders it again; on CPUs with
+    AMX the products run on its bfloat16 tile units. Each call rounds the activations to
+    bfloat16, multiplies with float32 accumulation, and widens the bfloat16 result back to
+    float32 (the bias is added in float32). Half the float32 weight memory.
+    """
+
+    __slots__ = ("bias", "in_features", "out_features", "packed")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        w = weight.detach().to(torch.bfloat16).contiguous()
+        self.out_features, self.in_features = w.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        y = torch.ops.mkldnn._linear_pointwise(
+            flat.to(torch.bfloat16), self.packed, None, "none", [], ""
+        ).float()
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+
+    def nbytes(self) -> int:
+        b = 0 if self.bias is None else self.bias.nbytes
+        return self.out_features * self.in_features * 2 + b
+
+
 def check_quant(mode: str, device: torch.device, dtype: torch.dtype) -> None:
     """Raise `ModelLoadError` unless runtime quantization `mode` can run on device and dtype."""
     if mode not in RUNTIME_QUANTS:
@@ -120,23 +154,35 @@ def check_quant(mode: str, device: torch.device, dtype: torch.dtype) -> None:
         raise ModelLoadError(
             f"runtime_quant {json.dumps(mode)} is not supported; use one of {allowed}"
         )
-    if mode != "int8":
+    if mode == "":
         return
     if device.type != "cpu":
         raise ModelLoadError(
-            f'runtime_quant = "int8" runs on CPU only, not on {device}; set '
+            f'runtime_quant = "{mode}" runs on CPU only, not on {device}; set '
             '[model.driver.options].runtime_quant = "" for this device'
         )
     if dtype != torch.float32:
         dt = str(dtype).removeprefix("torch.")
         raise ModelLoadError(
-            f'runtime_quant = "int8" needs float32 activations, got {dt}; set '
+            f'runtime_quant = "{mode}" needs float32 activations, got {dt}; set '
             '[model.driver].activation_dtype = "float32", or runtime_quant = "" to keep '
             f"{dt} weights"
         )
+    if mode == "bf16" and not torch.backends.mkldnn.is_available():
+        raise ModelLoadError(
+            'runtime_quant = "bf16" needs a torch build with oneDNN (mkldnn), which this one '
+            'lacks; use runtime_quant = "int8" or ""'
+        )
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, q: Int8Linear | None):
+QuantLinear = Int8Linear | Bf16Linear
+QUANT_LINEARS: dict[str, type[Int8Linear] | type[Bf16Linear]] = {
+    "int8": Int8Linear,
+    "bf16": Bf16Linear,
+}
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, q: QuantLinear | None):
     return F.linear(x, w, b) if q is None else q(x)
 
 
@@ -170,18 +216,19 @@ class DecoderLayer(nn.Module):
         self.gate_up_bias = _frozen(e(2 * inter)) if cfg.mlp_bias else None
         self.down_weight = _frozen(e(h, inter))
         self.down_bias = _frozen(e(h)) if cfg.mlp_bias else None
-        # int8 replacements of the four projections (`LlamaModel.quantize`); None: float
-        self.qkv_q: Int8Linear | None = None
-        self.o_q: Int8Linear | None = None
-        self.gate_up_q: Int8Linear | None = None
-        self.down_q: Int8Linear | None = None
+        # quantized replacements of the four projections (`LlamaModel.quantize`); None: float
+        self.qkv_q: QuantLinear | None = None
+        self.o_q: QuantLinear | None = None
+        self.gate_up_q: QuantLinear | None = None
+        self.down_q: QuantLinear | None = None
 
-    def quantize_int8(self) -> None:
-        """Replace the four projections by `Int8Linear`s and free their float weights."""
-        self.qkv_q = Int8Linear(self.qkv_weight, self.qkv_bias)
-        self.o_q = Int8Linear(self.o_weight, None)
-        self.gate_up_q = Int8Linear(self.gate_up_weight, self.gate_up_bias)
-        self.down_q = Int8Linear(self.down_weight, None)
+    def quantize(self, mode: str) -> None:
+        """Replace the four projections by `QUANT_LINEARS[mode]`s and free their float weights."""
+        cls = QUANT_LINEARS[mode]
+        self.qkv_q = cls(self.qkv_weight, self.qkv_bias)
+        self.o_q = cls(self.o_weight, None)
+        self.gate_up_q = cls(self.gate_up_weight, self.gate_up_bias)
+        self.down_q = cls(self.down_weight, None)
         for p in (self.qkv_weight, self.o_weight, self.gate_up_weight, self.down_weight):
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
         for p in (self.qkv_bias, self.gate_up_bias):  # now held by the Int8Linear
@@ -268,8 +315,8 @@ class LlamaModel(nn.Module):
             cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, rope_freq_factors
         )
         self.lm_head_t: torch.Tensor | None = None  # [H, V] copy for single-row decode on CPU
-        self.head_q: Int8Linear | None = None  # int8 LM head (`quantize("int8")`)
-        self.quant = ""  # the runtime quantization applied: "" or "int8"
+        self.head_q: QuantLinear | None = None  # quantized LM head (`quantize`)
+        self.quant = ""  # the runtime quantization applied: "", "int8" or "bf16"
 
     @property
     def device(self) -> torch.device:
@@ -316,13 +363,15 @@ class LlamaModel(nn.Module):
         return F.linear(x, self.lm_head).float()
 
     def quantize(self, mode: str) -> None:
-        """Apply a runtime weight quantization after loading: "" (none) or "int8".
+        """Apply a runtime weight quantization after loading: "", "int8" or "bf16".
 
-        "int8" (CPU, float32 activations): every projection (fused qkv, o, fused gate|up, down)
-        and the LM head become `Int8Linear`s and their float weights are freed. The embedding
-        table stays float for the lookup; with tied embeddings the head gets its own int8 copy
-        of it. Logits stay float32. Each row is quantized with its own scale, so a sequence's
-        logits do not depend on the rest of its batch.
+        "int8" and "bf16" (CPU, float32 activations): every projection (fused qkv, o, fused
+        gate|up, down) and the LM head become `Int8Linear`s or `Bf16Linear`s and their float
+        weights are freed. The embedding table stays float for the lookup; with tied
+        embeddings the head gets its own copy of it. Logits stay float32. Under "int8" each row
+        is quantized with its own scale and multiplied exactly, so a sequence's logits do not
+        depend on the rest of its batch; "bf16" gives no such promise (oneDNN may block a
+        product differently for another batch size).
         """
         check_quant(mode, self.device, self.dtype)
         if mode == "" or mode == self.quant:
@@ -330,8 +379,8 @@ class LlamaModel(nn.Module):
         if self.quant:
             raise ModelLoadError(f"the model is already quantized ({self.quant!r})")
         for layer in self.layers:
-            layer.quantize_int8()
-        self.head_q = Int8Linear(self.lm_head, None)
+            layer.quantize(mode)
+        self.head_q = QUANT_LINEARS[mode](self.lm_head, None)
         self.lm_head_t = None
         if self.lm_head is not self.embed:
             self.lm_head.data = torch.empty(0, dtype=self.dtype, device=self.device)

@@ -229,7 +229,7 @@ RANGE_CASES = [
     ("model.0.driver.options.num_threads", "0", "options.num_threads must be > 0"),
     ("model.0.driver.options.spin_us", "-1", "options.spin_us must be >= 0"),
     ("model.0.driver.options.omp_wait_policy", "busy", 'one of "passive", "active"'),
-    ("model.0.driver.options.runtime_quant", "int4", 'runtime_quant must be one of "", "int8"'),
+    ("model.0.driver.options.runtime_quant", "int4", 'runtime_quant must be one of "", "int8", "bf16"'),
     ("model.0.driver.activation_dtype", "bfloat16", 'runtime_quant "int8" needs'),
     ("model.0.driver.device", "cuda:0", 'runtime_quant "int8" runs on CPU only'),
     ("model.0.driver.options.gpu_mem_utilization", "1.5", "must be in (0, 1]"),
