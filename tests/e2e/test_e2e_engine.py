@@ -122,7 +122,8 @@ def test_fork_based_parallel_generation(engine, reference):
     prompt = _chat_ids(lm, "Write one short line about the sea.")  # > 2 pages, shared by forks
     suffixes = [lm.tokenizer.encode(s) for s in ("The", "Waves", "Blue")]
     n = 6
-    expected = gen.generate([prompt + s for s in suffixes], n)
+    # the engine's passes: the prompt (flush), then each fork's suffix, then decode steps
+    expected = [_greedy_after_prefill(gen, prompt, s, n) for s in suffixes]
 
     async def body():
         async with engine.client("alice") as c:
