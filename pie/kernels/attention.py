@@ -717,9 +717,9 @@ def paged_attention(
         return paged_attention_triton(q, kv_layer, plan, scale)
     _check_attention_inputs(q, kv_layer, plan)
     if q.device.type == "cpu" and not plan.has_custom_mask and plan.num_tokens:
-        from pie.kernels import cpu_attention
+        from pie.kernels import cpu_kernels
 
-        if cpu_attention.available():
+        if cpu_kernels.available():
             return _paged_attention_cpu(q, kv_layer, plan, scale)
     return _paged_attention_torch(q, kv_layer, plan, scale)
 
@@ -729,7 +729,7 @@ def _paged_attention_cpu(
 ) -> torch.Tensor:
     """Short query blocks (decode, small drafts) on the page-walking C++ kernel; requests
     with longer blocks (prefill) on the torch path, whose SDPA wins there."""
-    from pie.kernels.cpu_attention import MAX_QUERY_ROWS, paged_attention_cpu
+    from pie.kernels.cpu_kernels import MAX_QUERY_ROWS, paged_attention_cpu
 
     assert plan.qo_indptr is not None and plan.page_table is not None
     assert plan.kv_lens is not None

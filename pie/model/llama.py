@@ -77,6 +77,21 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.div(x, s).round_().to(torch.int8), s
 
 
+_FUSED = None  # the C++ kernels module, once `_fused_int8` found it built
+
+
+def _fused_int8() -> bool:
+    """Whether `Int8Linear` runs as one C++ call (`pie.kernels.cpu_kernels`, when built)."""
+    global _FUSED
+    if _FUSED is None:
+        from pie.kernels import cpu_kernels
+
+        if not cpu_kernels.available():
+            return False
+        _FUSED = cpu_kernels.load()
+    return True
+
+
 class Int8Linear:
     """A linear layer with int8 weights for CPU: y = x W^T (+ b) from int8 codes.
 
@@ -91,7 +106,7 @@ class Int8Linear:
     result is the same whatever else is in the batch.
     """
 
-    __slots__ = ("bias", "in_features", "out_features", "scale", "weight_q")
+    __slots__ = ("_bias_arg", "bias", "in_features", "out_features", "scale", "weight_q")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         w = weight.detach().float()
@@ -99,10 +114,15 @@ class Int8Linear:
         self.weight_q = torch.div(w, scale[:, None]).round_().to(torch.int8).contiguous()  # [N, K]
         self.scale = scale.contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self._bias_arg = self.bias if self.bias is not None else torch.empty(0)
         self.out_features, self.in_features = w.shape
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if _fused_int8() and flat.device.type == "cpu":
+            # the same arithmetic in one C++ call (pie.kernels.cpu_kernels.int8_linear)
+            y = _FUSED.int8_linear(flat, self.weight_q, self.scale, self._bias_arg)
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         x_q, s_x = quantize_rows(flat)
         # int32 -> float32 first: an int32 * float32 product takes a slow mixed-type path
         y = torch._int_mm(x_q, self.weight_q.t()).float().mul_(s_x).mul_(self.scale)
@@ -176,7 +196,7 @@ def check_quant(mode: str, device: torch.device, dtype: torch.dtype) -> None:
 
 
 QuantLinear = Int8Linear | Bf16Linear
-QUANT_LINEARS: dict[str, type[Int8Linear] | type[Bf16Linear]] = {
+QUANT_LINEARS: dict[str, type[Int8Linear | Bf16Linear]] = {
     "int8": Int8Linear,
     "bf16": Bf16Linear,
 }

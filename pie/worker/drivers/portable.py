@@ -60,11 +60,11 @@ class PortableDriver(Driver):
         self.total_pages = self._pool_pages(spec)
         self.host_pages = int(spec.option("host_pages", max(1, self.total_pages // 4)))
         if self.torch_device.type == "cpu":
-            from pie.kernels import cpu_attention
+            from pie.kernels import cpu_kernels
 
-            if not cpu_attention.is_built():
-                say("compiling the CPU attention kernel (once per machine, about a minute)")
-            cpu_attention.available()  # build or load now, not inside the first batch
+            if not cpu_kernels.is_built():
+                say("compiling the C++ CPU kernels (once per machine, about a minute)")
+            cpu_kernels.available()  # build or load now, not inside the first batch
         say(f"allocating {self.total_pages} KV pages of {self.page_size} tokens")
         self.kv = self.lm.model.allocate_kv(self.total_pages, self.page_size)
         # [layers, host_pages, 2, page, kv_heads_local, head_dim]; untouched until swapped into

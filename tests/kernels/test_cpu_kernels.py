@@ -1,19 +1,18 @@
-"""The C++ page-walking CPU attention kernel against the float64 reference and the torch path."""
+"""The C++ CPU kernels: paged attention against the float64 reference, int8 linear against torch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from pie.kernels import attention as attn
-from pie.kernels import cpu_attention
-from pie.kernels.attention import AttentionPlan, paged_attention, paged_attention_reference
-
 from test_attention import TOL, make_batch  # same directory (rootdir-relative import)
 
+from pie.kernels import attention as attn
+from pie.kernels import cpu_kernels
+from pie.kernels.attention import AttentionPlan, paged_attention, paged_attention_reference
+
 pytestmark = pytest.mark.skipif(
-    not cpu_attention.available(), reason="the C++ CPU attention kernel could not be built here"
+    not cpu_kernels.available(), reason="the C++ CPU kernels could not be built here"
 )
 
 SHAPES = [
@@ -32,7 +31,7 @@ def test_kernel_matches_reference(shape, dtype):
     n_q, kv_len, page, hkv, group, d = shape
     q, kv, csr, _ = make_batch(n_q, kv_len, page, hkv, group, d, dtype)
     plan = AttentionPlan.build(*csr, page)
-    out = cpu_attention.paged_attention_cpu(
+    out = cpu_kernels.paged_attention_cpu(
         q, kv, plan.qo_indptr, plan.page_table, plan.kv_lens, d**-0.5
     )
     ref = paged_attention_reference(q, kv, *csr)
@@ -63,7 +62,7 @@ def test_mixed_batches_split_between_kernel_and_sdpa(seed, monkeypatch):
     out = paged_attention(q, kv, plan)
     ref = paged_attention_reference(q, kv, *csr)
     assert (out.double() - ref).abs().max().item() <= 1e-5
-    assert sdpa_requests == [sum(n > cpu_attention.MAX_QUERY_ROWS for n in n_q)]
+    assert sdpa_requests == [sum(n > cpu_kernels.MAX_QUERY_ROWS for n in n_q)]
 
 
 def test_decode_batches_never_touch_the_gather_path(monkeypatch):
@@ -104,12 +103,34 @@ def test_custom_masks_stay_on_the_torch_path(monkeypatch):
     def boom(*_a, **_k):
         raise AssertionError("the C++ kernel ran for a batch with custom masks")
 
-    monkeypatch.setattr(cpu_attention, "paged_attention_cpu", boom)
+    monkeypatch.setattr(cpu_kernels, "paged_attention_cpu", boom)
     ref = paged_attention_reference(q, kv, *csr, runs, mptr)
     assert (paged_attention(q, kv, plan).double() - ref).abs().max().item() <= 1e-5
 
 
 def test_module_name_follows_source_and_cpu(monkeypatch):
-    name = cpu_attention.module_name()
-    monkeypatch.setattr(cpu_attention, "_cpu_flags", lambda: "flags : something else")
-    assert cpu_attention.module_name() != name
+    name = cpu_kernels.module_name()
+    monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: "flags : something else")
+    assert cpu_kernels.module_name() != name
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "bias"),
+    [(1, 576, 960, False), (64, 576, 3072, True), (300, 1536, 576, False), (0, 64, 48, True)],
+)
+def test_fused_int8_linear_equals_the_torch_path(m, k, n, bias, monkeypatch):
+    """`Int8Linear` through the C++ kernel and through torch ops: bit for bit the same."""
+    from pie.model import llama
+
+    g = torch.Generator().manual_seed(m + n)
+    lin = llama.Int8Linear(
+        torch.randn(n, k, generator=g) * 0.05, torch.randn(n, generator=g) if bias else None
+    )
+    x = torch.randn(m, k, generator=g)
+    x[:, 3] *= 20
+    fused = lin(x)
+    monkeypatch.setattr(llama, "_fused_int8", lambda: False)
+    assert torch.equal(fused, lin(x))
+    q, s = cpu_kernels.load().quantize_rows(x)
+    q_ref, s_ref = llama.quantize_rows(x)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)

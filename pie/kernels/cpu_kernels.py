@@ -1,6 +1,6 @@
-"""A page-walking attention kernel for CPUs (C++, built once on first use).
+"""C++ kernels for CPUs, built once per machine: paged attention and the int8 linear layer.
 
-The torch path of `pie.kernels.attention` copies every K/V slot a batch needs into a padded
+`paged_attention_cpu`: a page-walking attention kernel for short query blocks. The torch path of `pie.kernels.attention` copies every K/V slot a batch needs into a padded
 buffer (`index_select`) and runs `scaled_dot_product_attention` on it. For decode-sized query
 blocks that is wasteful twice over: the gather writes and re-reads all K/V, and SDPA's CPU
 kernel is tuned for long query blocks, so a 1-3 row block per (request, KV head) costs far
@@ -14,16 +14,23 @@ more than its arithmetic. This kernel reads K/V straight from the pages instead:
         pass 2: walk the slots again and accumulate the V rows with those weights.
 
 Same semantics as the torch path for causal batches (no custom masks): the caller checks
-`supports(plan)`. K/V may be float32, bfloat16 or float16 (read as float32); q and the output
+`pie.kernels.attention` sends it causal batches only. K/V may be float32, bfloat16 or float16 (read as float32); q and the output
 are float32. Accumulation is float32 in a fixed order per row, so a row's result does not
 depend on the other requests in its batch.
+
+`int8_linear`: the whole of `pie.model.llama.Int8Linear` in one call. Each float32 row is
+quantized to int8 with its own scale (absmax / 127, rounded half to even), the codes are
+multiplied exactly by `at::_int_mm`, and the int32 products are rescaled (row scale, then
+channel scale, then the bias) in one pass. The same arithmetic as the torch version, without
+its nine separate element-wise passes, which dominate a decode step's linear layers.
 
 Build: `torch.utils.cpp_extension.load_inline` (needs a C++ compiler and ninja), cached in
 torch's extension directory under a name that includes a hash of the source and of this CPU's
 instruction-set flags (the code is compiled with `-march=native`), so a cache carried to
 another CPU is never loaded there. `available()` builds or loads it once per process and
 answers False (with one warning in the log) if that fails; the torch path then serves.
-`python -m pie.kernels.cpu_attention` builds it ahead of time (the Makefile's setup does).
+`python -m pie.kernels.cpu_kernels` builds it ahead of time (the Makefile's setup does).
+`PIE_CPU_KERNELS=0` turns the kernels off (the torch paths run).
 """
 
 from __future__ import annotations
@@ -218,9 +225,63 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor kv_layer, torch::Te
   }
   return out;
 }
+
+// x [M, K] float32 -> (codes int8 [M, K], scales float32 [M, 1]): per row s = 1e-30 + absmax/127,
+// q = round_half_even(x / s)
+std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [M, K]");
+  x = x.contiguous();
+  const int64_t m = x.size(0), k = x.size(1);
+  auto q = torch::empty({m, k}, x.options().dtype(torch::kInt8));
+  auto s = torch::empty({m, 1}, x.options());
+  const float* xp = x.data_ptr<float>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = s.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* row = xp + i * k;
+      float amax = 0.f;
+      for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
+      const float scale = 1e-30f + amax * (1.0f / 127.0f);
+      sp[i] = scale;
+      int8_t* out = qp + i * k;
+      for (int64_t j = 0; j < k; ++j) out[j] = static_cast<int8_t>(std::nearbyint(row[j] / scale));
+    }
+  });
+  return {q, s};
+}
+
+// y = (quantize_rows(x) @ w_q^T) * s_x * s_w (+ bias): x [M, K] float32, w_q [N, K] int8,
+// s_w [N] float32, bias [N] float32 or an empty tensor
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w_q, torch::Tensor s_w, torch::Tensor bias) {
+  auto qs = quantize_rows(x);
+  auto acc = at::_int_mm(qs[0], w_q.t());  // int32 [M, N], exact
+  const int64_t m = acc.size(0), n = acc.size(1);
+  auto y = torch::empty({m, n}, x.options());
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float* sx = qs[1].data_ptr<float>();
+  const float* sw = s_w.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int32_t* a = ap + i * n;
+      float* out = yp + i * n;
+      const float r = sx[i];
+      if (bp) {
+        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(a[j]) * r * sw[j] + bp[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(a[j]) * r * sw[j];
+      }
+    }
+  });
+  return y;
+}
 """
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+# -ffp-contract=off: products and sums round exactly as torch's element-wise ops round them
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
+_FUNCTIONS = ["paged_attention", "quantize_rows", "int8_linear"]
 
 _lock = threading.Lock()
 _module: Any = None
@@ -243,7 +304,7 @@ def _cpu_flags() -> str:
 def module_name() -> str:
     """The extension's name: changes with the source, the flags, the CPU and torch."""
     key = "\n".join([_SOURCE, " ".join(_FLAGS), _cpu_flags(), torch.__version__])
-    return "pie_cpu_attention_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return "pie_cpu_kernels_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _ninja_on_path() -> None:
@@ -284,7 +345,7 @@ def load(verbose: bool = False) -> Any:
         _module = load_inline(
             name=module_name(),
             cpp_sources=_SOURCE,
-            functions=["paged_attention"],
+            functions=_FUNCTIONS,
             extra_cflags=_FLAGS,
             extra_ldflags=["-fopenmp"],
             verbose=verbose,
@@ -297,7 +358,7 @@ def available() -> bool:
     global _failed
     if _module is not None:
         return True
-    if _failed is not None or os.environ.get("PIE_CPU_ATTENTION", "1") == "0":
+    if _failed is not None or os.environ.get("PIE_CPU_KERNELS", "1") == "0":
         return False
     with _lock:
         if _module is None and _failed is None:
@@ -306,9 +367,9 @@ def available() -> bool:
             except Exception as exc:  # noqa: BLE001 - any build failure means: use torch's path
                 _failed = f"{type(exc).__name__}: {exc}"
                 log.warning(
-                    "the C++ CPU attention kernel could not be built (%s); attention runs on "
-                    "the slower torch path. Install a C++ compiler and ninja, then run "
-                    "`python -m pie.kernels.cpu_attention` to build it.",
+                    "the C++ CPU kernels could not be built (%s); attention and int8 layers run "
+                    "on the slower torch paths. Install a C++ compiler and ninja, then run "
+                    "`python -m pie.kernels.cpu_kernels` to build them.",
                     _failed.splitlines()[0][:300],
                 )
     return _module is not None
@@ -334,6 +395,6 @@ def paged_attention_cpu(
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 
-if __name__ == "__main__":  # build ahead of time: python -m pie.kernels.cpu_attention
+if __name__ == "__main__":  # build ahead of time: python -m pie.kernels.cpu_kernels
     load(verbose="-v" in sys.argv)
     print(f"built {module_name()}")
