@@ -24,6 +24,10 @@ multiplied exactly by `at::_int_mm`, and the int32 products are rescaled (row sc
 channel scale, then the bias) in one pass. The same arithmetic as the torch version, without
 its nine separate element-wise passes, which dominate a decode step's linear layers.
 
+`rms_norm`, `add_rms_norm_` (the residual add fused with the next norm), `silu_mul` and `rope_`
+(rotate-half RoPE in place on the q and k heads of the fused qkv output): the element-wise
+layers of a decoder block, one pass over the rows each instead of three to six torch ops.
+
 Build: `torch.utils.cpp_extension.load_inline` (needs a C++ compiler and ninja), cached in
 torch's extension directory under a name that includes a hash of the source and of this CPU's
 instruction-set flags (the code is compiled with `-march=native`), so a cache carried to
@@ -277,11 +281,111 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w_q, torch::Tensor s_w,
   });
   return y;
 }
+
+// --- element-wise layers of a decoder block, one pass each (float32, rows in parallel) ---
+
+namespace {
+inline void norm_row(const float* x, const float* w, float* y, int64_t h, float eps) {
+  float ss = 0.f;
+  for (int64_t j = 0; j < h; ++j) ss += x[j] * x[j];
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
+  for (int64_t j = 0; j < h; ++j) y[j] = (x[j] * inv) * w[j];
+}
+void check_rows(const torch::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), name,
+              " must be a contiguous float32 [T, H] tensor");
+}
+}  // namespace
+
+// y = x / sqrt(mean(x^2) + eps) * w, per row: x [T, H], w [H]
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  check_rows(x, "x");
+  auto y = torch::empty_like(x);
+  const int64_t t = x.size(0), h = x.size(1);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, t, 8, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) norm_row(xp + i * h, wp, yp + i * h, h, static_cast<float>(eps));
+  });
+  return y;
+}
+
+// x += delta (in place, the residual stream), then returns rms_norm(x, w)
+torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, torch::Tensor w, double eps) {
+  check_rows(x, "x");
+  check_rows(delta, "delta");
+  auto y = torch::empty_like(x);
+  const int64_t t = x.size(0), h = x.size(1);
+  float* xp = x.data_ptr<float>();
+  const float *dp = delta.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, t, 8, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      float* row = xp + i * h;
+      const float* d = dp + i * h;
+      for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j];
+      norm_row(row, wp, yp + i * h, h, static_cast<float>(eps));
+    }
+  });
+  return y;
+}
+
+// gate_up [T, 2I] -> silu(gate) * up [T, I]
+torch::Tensor silu_mul(torch::Tensor gate_up) {
+  check_rows(gate_up, "gate_up");
+  const int64_t t = gate_up.size(0), i2 = gate_up.size(1), n = i2 / 2;
+  auto y = torch::empty({t, n}, gate_up.options());
+  const float* gp = gate_up.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, t, 4, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float* g = gp + i * i2;
+      const float* u = g + n;
+      float* out = yp + i * n;
+      for (int64_t j = 0; j < n; ++j) out[j] = (g[j] / (1.0f + std::exp(-g[j]))) * u[j];
+    }
+  });
+  return y;
+}
+
+// Rotate-half RoPE in place on the first `heads` heads of each row of qkv [T, *] (q then k):
+// pairs i and i + D/2, x' = x * cos + rotate_half(x) * sin, with cos/sin [T, D]
+void rope_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t heads, int64_t dim) {
+  check_rows(qkv, "qkv");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == torch::kFloat32,
+              "cos and sin must be contiguous float32 [T, D]");
+  const int64_t t = qkv.size(0), width = qkv.size(1), half = dim / 2;
+  TORCH_CHECK(heads * dim <= width, "more heads than the row holds");
+  float* xp = qkv.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  at::parallel_for(0, t, 8, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float* c = cp + i * dim;
+      const float* s = sp + i * dim;
+      for (int64_t hd = 0; hd < heads; ++hd) {
+        float* x = xp + i * width + hd * dim;
+        for (int64_t j = 0; j < half; ++j) {
+          const float a = x[j], bb = x[j + half];
+          x[j] = a * c[j] + (-bb) * s[j];
+          x[j + half] = bb * c[j + half] + a * s[j + half];
+        }
+      }
+    }
+  });
+}
 """
 
 # -ffp-contract=off: products and sums round exactly as torch's element-wise ops round them
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
-_FUNCTIONS = ["paged_attention", "quantize_rows", "int8_linear"]
+_FUNCTIONS = [
+    "paged_attention",
+    "quantize_rows",
+    "int8_linear",
+    "rms_norm",
+    "add_rms_norm_",
+    "silu_mul",
+    "rope_",
+]
 
 _lock = threading.Lock()
 _module: Any = None

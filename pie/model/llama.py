@@ -77,19 +77,24 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.div(x, s).round_().to(torch.int8), s
 
 
-_FUSED = None  # the C++ kernels module, once `_fused_int8` found it built
+_CPU_OPS: object = None  # the C++ kernels module (pie.kernels.cpu_kernels) once found built
+_CPU_OPS_LOOKED = False
+
+
+def _cpu_ops():  # -> the loaded extension module or None
+    """The C++ CPU kernels when they are built here (`pie.kernels.cpu_kernels`), else None."""
+    global _CPU_OPS, _CPU_OPS_LOOKED
+    if not _CPU_OPS_LOOKED:
+        from pie.kernels import cpu_kernels
+
+        _CPU_OPS = cpu_kernels.load() if cpu_kernels.available() else None
+        _CPU_OPS_LOOKED = True
+    return _CPU_OPS
 
 
 def _fused_int8() -> bool:
-    """Whether `Int8Linear` runs as one C++ call (`pie.kernels.cpu_kernels`, when built)."""
-    global _FUSED
-    if _FUSED is None:
-        from pie.kernels import cpu_kernels
-
-        if not cpu_kernels.available():
-            return False
-        _FUSED = cpu_kernels.load()
-    return True
+    """Whether `Int8Linear` runs as one C++ call (`int8_linear`)."""
+    return _cpu_ops() is not None
 
 
 class Int8Linear:
@@ -121,7 +126,7 @@ class Int8Linear:
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if _fused_int8() and flat.device.type == "cpu":
             # the same arithmetic in one C++ call (pie.kernels.cpu_kernels.int8_linear)
-            y = _FUSED.int8_linear(flat, self.weight_q, self.scale, self._bias_arg)
+            y = _cpu_ops().int8_linear(flat, self.weight_q, self.scale, self._bias_arg)
             return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         x_q, s_x = quantize_rows(flat)
         # int32 -> float32 first: an int32 * float32 product takes a slow mixed-type path
@@ -267,7 +272,12 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         plan: AttentionPlan,
         kv_layer: torch.Tensor,
+        ops: object = None,
     ) -> torch.Tensor:
+        """One block; `ops` (the C++ CPU kernels, float32 on CPU) fuses the element-wise layers
+        and then updates `x` in place (the caller's residual stream, which it owns)."""
+        if ops is not None:
+            return self._forward_fused(x, cos, sin, plan, kv_layer, ops)
         # x: [T, H] residual stream
         t = x.shape[0]
         h = F.rms_norm(x, x.shape[-1:], self.input_norm, self.eps)
@@ -294,6 +304,37 @@ class DecoderLayer(nn.Module):
         if self.down_bias is not None:
             down = down + self.down_bias
         return x + down
+
+    def _forward_fused(self, x, cos, sin, plan, kv_layer, ops) -> torch.Tensor:
+        """The same block with the norms, RoPE, residual add and SiLU*up as single C++ passes."""
+        t = x.shape[0]
+        h = ops.rms_norm(x, self.input_norm, self.eps)
+        qkv = _linear(h, self.qkv_weight, self.qkv_bias, self.qkv_q)  # [T, (Hq + 2 Hkv) D]
+        if self.q_norm is None:
+            # rotate the q and k heads of each row in place (they lead the row)
+            ops.rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads, self.head_dim)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = F.rms_norm(q, q.shape[-1:], self.q_norm, self.eps)
+            k = F.rms_norm(k, k.shape[-1:], self.k_norm, self.eps)
+            q = apply_rotary(q, cos[:, None], sin[:, None])
+            k = apply_rotary(k, cos[:, None], sin[:, None])
+        write_kv(kv_layer, k, v, plan)
+        o = paged_attention(q, kv_layer, plan, scale=self.scale)  # [T, Hq, D]
+        o = self._all_reduce(_linear(o.reshape(t, self.q_size), self.o_weight, None, self.o_q))
+        if self.o_bias is not None:
+            o = o + self.o_bias
+        h = ops.add_rms_norm_(x, o.contiguous(), self.post_norm, self.eps)  # x += o
+        gate_up = _linear(h, self.gate_up_weight, self.gate_up_bias, self.gate_up_q)  # [T, 2 I]
+        down = self._all_reduce(
+            _linear(ops.silu_mul(gate_up.contiguous()), self.down_weight, None, self.down_q)
+        )
+        if self.down_bias is not None:
+            down = down + self.down_bias
+        return x.add_(down)
 
 
 class LlamaModel(nn.Module):
@@ -371,10 +412,16 @@ class LlamaModel(nn.Module):
         """
         x = F.embedding(token_ids, self.embed)  # [T, H]
         cos, sin = self.rotary(positions, x.dtype)  # [T, 1, D]
+        ops = _cpu_ops() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        if ops is not None:  # the fused layers take [T, D] tables and own x (updated in place)
+            cos, sin = cos.view(cos.shape[0], -1), sin.view(sin.shape[0], -1)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, plan, kv[i])
+            x = layer(x, cos, sin, plan, kv[i], ops)
         x = x.index_select(0, output_rows)  # [O, H]: the head runs only where logits are wanted
-        x = F.rms_norm(x, x.shape[-1:], self.norm, self.config.rms_norm_eps)
+        if ops is not None:
+            x = ops.rms_norm(x, self.norm, self.config.rms_norm_eps)
+        else:
+            x = F.rms_norm(x, x.shape[-1:], self.norm, self.config.rms_norm_eps)
         if self.head_q is not None:
             return self.head_q(x)
         if self.lm_head_t is not None and x.shape[0] == 1:

@@ -134,3 +134,34 @@ def test_fused_int8_linear_equals_the_torch_path(m, k, n, bias, monkeypatch):
     q, s = cpu_kernels.load().quantize_rows(x)
     q_ref, s_ref = llama.quantize_rows(x)
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+def test_fused_block_layers_match_torch():
+    """rms_norm, add_rms_norm_, silu_mul and rope_ against the torch ops they replace."""
+    import torch.nn.functional as F
+
+    from pie.model.rope import RotaryEmbedding, apply_rotary
+
+    ops = cpu_kernels.load()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(37, 576, generator=g) * 3
+    w = torch.randn(576, generator=g)
+    ref = F.rms_norm(x, (576,), w, 1e-5)
+    assert torch.allclose(ops.rms_norm(x, w, 1e-5), ref, rtol=1e-5, atol=1e-5)
+    delta = torch.randn(37, 576, generator=g)
+    res = x.clone()
+    y = ops.add_rms_norm_(res, delta, w, 1e-5)
+    assert torch.equal(res, x + delta)  # the residual stream, updated in place
+    assert torch.allclose(y, F.rms_norm(x + delta, (576,), w, 1e-5), rtol=1e-5, atol=1e-5)
+    gu = torch.randn(5, 2 * 96, generator=g)
+    assert torch.allclose(ops.silu_mul(gu), F.silu(gu[:, :96]) * gu[:, 96:], rtol=1e-6, atol=1e-6)
+    hq, hkv, d = 9, 3, 64
+    qkv = torch.randn(6, (hq + 2 * hkv) * d, generator=g)
+    cos, sin = RotaryEmbedding(d, 10000.0)(torch.tensor([0, 1, 5, 9, 100, 4000]), torch.float32)
+    want = qkv.clone()
+    q = want[:, : hq * d].view(6, hq, d)
+    k = want[:, hq * d : (hq + hkv) * d].view(6, hkv, d)
+    q.copy_(apply_rotary(q, cos, sin))
+    k.copy_(apply_rotary(k, cos, sin))
+    ops.rope_(qkv, cos.view(6, d), sin.view(6, d), hq + hkv, d)
+    assert torch.equal(qkv, want)  # the same products and sums: bit for bit; v untouched
