@@ -20,8 +20,8 @@ depend on the other requests in its batch.
 
 `int8_linear`: the whole of `pie.model.llama.Int8Linear` in one call. Each float32 row is
 quantized to int8 with its own scale (absmax / 127, rounded half to even), the codes are
-multiplied exactly by `at::_int_mm`, and the int32 products are rescaled (row scale, then
-channel scale, then the bias) in one pass. The same arithmetic as the torch version, without
+multiplied exactly by `at::_int_mm`, and the int32 products are rescaled (channel scale, then
+row scale, then the bias) in one pass. The same arithmetic as the torch version, without
 its nine separate element-wise passes, which dominate a decode step's linear layers.
 
 `rms_norm`, `add_rms_norm_` (the residual add fused with the next norm), `silu_mul` and `rope_`
@@ -255,7 +255,7 @@ std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
   return {q, s};
 }
 
-// y = (quantize_rows(x) @ w_q^T) * s_x * s_w (+ bias): x [M, K] float32, w_q [N, K] int8,
+// y = (quantize_rows(x) @ w_q^T) * s_w * s_x (+ bias), rounded in that order: x [M, K] float32, w_q [N, K] int8,
 // s_w [N] float32, bias [N] float32 or an empty tensor
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w_q, torch::Tensor s_w, torch::Tensor bias) {
   auto qs = quantize_rows(x);
@@ -273,13 +273,60 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w_q, torch::Tensor s_w,
       float* out = yp + i * n;
       const float r = sx[i];
       if (bp) {
-        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(a[j]) * r * sw[j] + bp[j];
+        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(a[j]) * sw[j] * r + bp[j];
       } else {
-        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(a[j]) * r * sw[j];
+        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(a[j]) * sw[j] * r;
       }
     }
   });
   return y;
+}
+
+// x [M, K] float32 -> (codes uint8 [M, K] = round_half_even(x / s) + 128, scales [M, 1]): the
+// same codes as quantize_rows shifted by 128, for GEMMs that take unsigned activations
+std::vector<torch::Tensor> quantize_rows_u8(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [M, K]");
+  x = x.contiguous();
+  const int64_t m = x.size(0), k = x.size(1);
+  auto q = torch::empty({m, k}, x.options().dtype(torch::kUInt8));
+  auto s = torch::empty({m, 1}, x.options());
+  const float* xp = x.data_ptr<float>();
+  uint8_t* qp = q.data_ptr<uint8_t>();
+  float* sp = s.data_ptr<float>();
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* row = xp + i * k;
+      float amax = 0.f;
+      for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
+      const float scale = 1e-30f + amax * (1.0f / 127.0f);
+      sp[i] = scale;
+      uint8_t* out = qp + i * k;
+      for (int64_t j = 0; j < k; ++j)
+        out[j] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(row[j] / scale)) + 128);
+    }
+  });
+  return {q, s};
+}
+
+// y[i, :] *= s[i] (then += bias when given), in place: y [M, N] float32, s [M, 1]
+void scale_rows_(torch::Tensor y, torch::Tensor s, torch::Tensor bias) {
+  TORCH_CHECK(y.dim() == 2 && y.is_contiguous() && y.scalar_type() == torch::kFloat32,
+              "y must be a contiguous float32 [M, N] tensor");
+  const int64_t m = y.size(0), n = y.size(1);
+  float* yp = y.data_ptr<float>();
+  const float* sp = s.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* out = yp + i * n;
+      const float r = sp[i];
+      if (bp) {
+        for (int64_t j = 0; j < n; ++j) out[j] = out[j] * r + bp[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) out[j] = out[j] * r;
+      }
+    }
+  });
 }
 
 // --- element-wise layers of a decoder block, one pass each (float32, rows in parallel) ---
@@ -381,6 +428,8 @@ _FUNCTIONS = [
     "paged_attention",
     "quantize_rows",
     "int8_linear",
+    "quantize_rows_u8",
+    "scale_rows_",
     "rms_norm",
     "add_rms_norm_",
     "silu_mul",

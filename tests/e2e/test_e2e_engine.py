@@ -122,8 +122,9 @@ def test_fork_based_parallel_generation(engine, reference):
     prompt = _chat_ids(lm, "Write one short line about the sea.")  # > 2 pages, shared by forks
     suffixes = [lm.tokenizer.encode(s) for s in ("The", "Waves", "Blue")]
     n = 6
-    # the engine's passes: the prompt (flush), then each fork's suffix, then decode steps
-    expected = [_greedy_after_prefill(gen, prompt, s, n) for s in suffixes]
+    # the engine's passes: the prompt but its last token (flush keeps that one pending), then
+    # in each fork that token with the fork's suffix, then decode steps
+    expected = [_greedy_after_prefill(gen, prompt[:-1], prompt[-1:] + s, n) for s in suffixes]
 
     async def body():
         async with engine.client("alice") as c:

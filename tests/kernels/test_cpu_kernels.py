@@ -165,3 +165,28 @@ def test_fused_block_layers_match_torch():
     k.copy_(apply_rotary(k, cos, sin))
     ops.rope_(qkv, cos.view(6, d), sin.view(6, d), hq + hkv, d)
     assert torch.equal(qkv, want)  # the same products and sums: bit for bit; v untouched
+
+
+@pytest.mark.parametrize("m", [1, 31, 33, 300])
+def test_int8_linear_paths_give_the_same_bits(m, monkeypatch):
+    """oneDNN's prepacked product and `_int_mm`, each with C++ or torch quantize/rescale."""
+    from pie.model import llama
+
+    g = torch.Generator().manual_seed(m)
+    lin = llama.Int8Linear(torch.randn(960, 576, generator=g) * 0.05, torch.randn(960, generator=g))
+    if lin.packed is None:
+        pytest.skip("oneDNN's int8 linear does not run with this torch build")
+    x = torch.randn(m, 576, generator=g)
+    x[:, 7] *= 30
+    packed = lin.packed
+    outs = []
+    for use_onednn in (True, False):
+        for fused in (True, False):
+            lin.packed = packed if use_onednn else None
+            monkeypatch.setattr(llama, "ONEDNN_MIN_ROWS", 0)  # oneDNN for every row count
+            if not fused:
+                monkeypatch.setattr(llama, "_cpu_ops", lambda: None)
+                monkeypatch.setattr(llama, "_fused_int8", lambda: False)
+            outs.append(lin(x))
+            monkeypatch.undo()
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
