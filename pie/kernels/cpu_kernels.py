@@ -230,16 +230,17 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor kv_layer, torch::Te
   return out;
 }
 
-// x [M, K] float32 -> (codes int8 [M, K], scales float32 [M, 1]): per row s = 1e-30 + absmax/127,
-// q = round_half_even(x / s)
-std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
+// x [M, K] float32 -> (codes [M, K], scales float32 [M, 1]): per row s = 1e-30 + absmax/127 and
+// code = round_half_even(x / s) + offset (int8 with offset 0, or uint8 with offset 128)
+template <typename code_t>
+std::vector<torch::Tensor> quantize_rows_as(torch::Tensor x, torch::ScalarType type, int offset) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [M, K]");
   x = x.contiguous();
   const int64_t m = x.size(0), k = x.size(1);
-  auto q = torch::empty({m, k}, x.options().dtype(torch::kInt8));
+  auto q = torch::empty({m, k}, x.options().dtype(type));
   auto s = torch::empty({m, 1}, x.options());
   const float* xp = x.data_ptr<float>();
-  int8_t* qp = q.data_ptr<int8_t>();
+  code_t* qp = q.data_ptr<code_t>();
   float* sp = s.data_ptr<float>();
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -248,11 +249,21 @@ std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
       for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
       const float scale = 1e-30f + amax * (1.0f / 127.0f);
       sp[i] = scale;
-      int8_t* out = qp + i * k;
-      for (int64_t j = 0; j < k; ++j) out[j] = static_cast<int8_t>(std::nearbyint(row[j] / scale));
+      code_t* out = qp + i * k;
+      for (int64_t j = 0; j < k; ++j)
+        out[j] = static_cast<code_t>(static_cast<int>(std::nearbyint(row[j] / scale)) + offset);
     }
   });
   return {q, s};
+}
+
+std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
+  return quantize_rows_as<int8_t>(x, torch::kInt8, 0);
+}
+
+// the same codes shifted by 128, for GEMMs that take unsigned activations (zero point 128)
+std::vector<torch::Tensor> quantize_rows_u8(torch::Tensor x) {
+  return quantize_rows_as<uint8_t>(x, torch::kUInt8, 128);
 }
 
 // y = (quantize_rows(x) @ w_q^T) * s_w * s_x (+ bias), rounded in that order: x [M, K] float32, w_q [N, K] int8,
@@ -280,32 +291,6 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w_q, torch::Tensor s_w,
     }
   });
   return y;
-}
-
-// x [M, K] float32 -> (codes uint8 [M, K] = round_half_even(x / s) + 128, scales [M, 1]): the
-// same codes as quantize_rows shifted by 128, for GEMMs that take unsigned activations
-std::vector<torch::Tensor> quantize_rows_u8(torch::Tensor x) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be float32 [M, K]");
-  x = x.contiguous();
-  const int64_t m = x.size(0), k = x.size(1);
-  auto q = torch::empty({m, k}, x.options().dtype(torch::kUInt8));
-  auto s = torch::empty({m, 1}, x.options());
-  const float* xp = x.data_ptr<float>();
-  uint8_t* qp = q.data_ptr<uint8_t>();
-  float* sp = s.data_ptr<float>();
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* row = xp + i * k;
-      float amax = 0.f;
-      for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
-      const float scale = 1e-30f + amax * (1.0f / 127.0f);
-      sp[i] = scale;
-      uint8_t* out = qp + i * k;
-      for (int64_t j = 0; j < k; ++j)
-        out[j] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(row[j] / scale)) + 128);
-    }
-  });
-  return {q, s};
 }
 
 // y[i, :] *= s[i] (then += bias when given), in place: y [M, N] float32, s [M, 1]

@@ -338,10 +338,7 @@ class DecoderLayer(nn.Module):
         t = x.shape[0]
         h = F.rms_norm(x, x.shape[-1:], self.input_norm, self.eps)
         qkv = _linear(h, self.qkv_weight, self.qkv_bias, self.qkv_q)  # [T, (Hq + 2 Hkv) D]
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.num_heads, self.head_dim)
-        k = k.view(t, self.num_kv_heads, self.head_dim)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self._heads(qkv)
         if self.q_norm is not None:
             q = F.rms_norm(q, q.shape[-1:], self.q_norm, self.eps)
             k = F.rms_norm(k, k.shape[-1:], self.k_norm, self.eps)
@@ -361,6 +358,16 @@ class DecoderLayer(nn.Module):
             down = down + self.down_bias
         return x + down
 
+    def _heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D], k and v [T, Hkv, D]: views of the fused projection's output."""
+        t = qkv.shape[0]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return (
+            q.view(t, self.num_heads, self.head_dim),
+            k.view(t, self.num_kv_heads, self.head_dim),
+            v.view(t, self.num_kv_heads, self.head_dim),
+        )
+
     def _forward_fused(self, x, cos, sin, plan, kv_layer, ops) -> torch.Tensor:
         """The same block with the norms, RoPE, residual add and SiLU*up as single C++ passes."""
         t = x.shape[0]
@@ -369,10 +376,7 @@ class DecoderLayer(nn.Module):
         if self.q_norm is None:
             # rotate the q and k heads of each row in place (they lead the row)
             ops.rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads, self.head_dim)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.num_heads, self.head_dim)
-        k = k.view(t, self.num_kv_heads, self.head_dim)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self._heads(qkv)
         if self.q_norm is not None:
             q = F.rms_norm(q, q.shape[-1:], self.q_norm, self.eps)
             k = F.rms_norm(k, k.shape[-1:], self.k_norm, self.eps)
