@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pie.kernels import cpu_kernels
 from pie.kernels.brle import brle_decode
 
 __all__ = [
@@ -716,11 +717,9 @@ def paged_attention(
     if q.device.type == "cuda":
         return paged_attention_triton(q, kv_layer, plan, scale)
     _check_attention_inputs(q, kv_layer, plan)
-    if q.device.type == "cpu" and not plan.has_custom_mask and plan.num_tokens:
-        from pie.kernels import cpu_kernels
-
-        if cpu_kernels.available():
-            return _paged_attention_cpu(q, kv_layer, plan, scale)
+    cpu_causal = q.device.type == "cpu" and not plan.has_custom_mask and plan.num_tokens
+    if cpu_causal and cpu_kernels.available():
+        return _paged_attention_cpu(q, kv_layer, plan, scale)
     return _paged_attention_torch(q, kv_layer, plan, scale)
 
 
@@ -729,16 +728,14 @@ def _paged_attention_cpu(
 ) -> torch.Tensor:
     """Short query blocks (decode, small drafts) on the page-walking C++ kernel; requests
     with longer blocks (prefill) on the torch path, whose SDPA wins there."""
-    from pie.kernels.cpu_kernels import MAX_QUERY_ROWS, paged_attention_cpu
-
     assert plan.qo_indptr is not None and plan.page_table is not None
     assert plan.kv_lens is not None
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    long = plan.long_requests(MAX_QUERY_ROWS)
+    long = plan.long_requests(cpu_kernels.MAX_QUERY_ROWS)
     if long is not None and long.query_rows.shape[0] == plan.query_rows.shape[0]:
         return _paged_attention_torch(q, kv_layer, plan, scale)  # all long: nothing to split
-    out = paged_attention_cpu(
-        q, kv_layer, plan.qo_indptr, plan.page_table, plan.kv_lens, scale, MAX_QUERY_ROWS
+    out = cpu_kernels.paged_attention_cpu(
+        q, kv_layer, plan.qo_indptr, plan.page_table, plan.kv_lens, scale
     )
     if long is not None:
         _paged_attention_torch(q, kv_layer, long, scale, out=out)

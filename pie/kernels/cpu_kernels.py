@@ -1,10 +1,11 @@
 """C++ kernels for CPUs, built once per machine: paged attention and the int8 linear layer.
 
-`paged_attention_cpu`: a page-walking attention kernel for short query blocks. The torch path of `pie.kernels.attention` copies every K/V slot a batch needs into a padded
-buffer (`index_select`) and runs `scaled_dot_product_attention` on it. For decode-sized query
-blocks that is wasteful twice over: the gather writes and re-reads all K/V, and SDPA's CPU
-kernel is tuned for long query blocks, so a 1-3 row block per (request, KV head) costs far
-more than its arithmetic. This kernel reads K/V straight from the pages instead:
+`paged_attention_cpu`: a page-walking attention kernel for short query blocks. The torch path
+of `pie.kernels.attention` copies every K/V slot a batch needs into a padded buffer
+(`index_select`) and runs `scaled_dot_product_attention` on it. For decode-sized query blocks
+that is wasteful twice over: the gather writes and re-reads all K/V, and SDPA's CPU kernel is
+tuned for long query blocks, so a 1-3 row block per (request, KV head) costs far more than its
+arithmetic. This kernel reads K/V straight from the pages instead:
 
     for every (request r, KV head h), in parallel over torch's intra-op threads:
         the n_r query rows of r times the `group` query heads of h form one block of rows;
@@ -13,10 +14,10 @@ more than its arithmetic. This kernel reads K/V straight from the pages instead:
         softmax each row over its visible prefix (float32);
         pass 2: walk the slots again and accumulate the V rows with those weights.
 
-Same semantics as the torch path for causal batches (no custom masks): the caller checks
-`pie.kernels.attention` sends it causal batches only. K/V may be float32, bfloat16 or float16 (read as float32); q and the output
-are float32. Accumulation is float32 in a fixed order per row, so a row's result does not
-depend on the other requests in its batch.
+Same semantics as the torch path for causal batches (`pie.kernels.attention` sends it no
+batch with custom masks). K/V may be float32, bfloat16 or float16 (read as float32); q and the
+output are float32. Accumulation is float32 in a fixed order per row, so a row's result does
+not depend on the other requests in its batch.
 
 `int8_linear`: the whole of `pie.model.llama.Int8Linear` in one call. Each float32 row is
 quantized to int8 with its own scale (absmax / 127, rounded half to even), the codes are
@@ -511,6 +512,11 @@ def available() -> bool:
                     _failed.splitlines()[0][:300],
                 )
     return _module is not None
+
+
+def module() -> Any:
+    """The loaded extension when it can run in this process (built on first use), else None."""
+    return _module if available() else None
 
 
 def paged_attention_cpu(

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pie.kernels import cpu_kernels
 from pie.kernels.attention import AttentionPlan, paged_attention, write_kv
 from pie.model.config import ModelConfig
 from pie.model.errors import ModelLoadError
@@ -77,24 +78,9 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.div(x, s).round_().to(torch.int8), s
 
 
-_CPU_OPS: object = None  # the C++ kernels module (pie.kernels.cpu_kernels) once found built
-_CPU_OPS_LOOKED = False
-
-
 def _cpu_ops():  # -> the loaded extension module or None
     """The C++ CPU kernels when they are built here (`pie.kernels.cpu_kernels`), else None."""
-    global _CPU_OPS, _CPU_OPS_LOOKED
-    if not _CPU_OPS_LOOKED:
-        from pie.kernels import cpu_kernels
-
-        _CPU_OPS = cpu_kernels.load() if cpu_kernels.available() else None
-        _CPU_OPS_LOOKED = True
-    return _CPU_OPS
-
-
-def _fused_int8() -> bool:
-    """Whether `Int8Linear` runs as one C++ call (`int8_linear`)."""
-    return _cpu_ops() is not None
+    return cpu_kernels.module()
 
 
 # Rows from which `Int8Linear` uses oneDNN's prepacked product rather than `torch._int_mm`
@@ -163,33 +149,28 @@ class Int8Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if (
-            self.packed is not None
-            and flat.shape[0] > ONEDNN_MIN_ROWS
-            and flat.device.type == "cpu"
-        ):
-            ops = _cpu_ops()
-            if ops is not None:
-                x_u8, s_x = ops.quantize_rows_u8(flat)
-                y = self._onednn(x_u8, self.packed)
-                ops.scale_rows_(y, s_x, self._bias_arg)
-            else:
-                x_q, s_x = quantize_rows(flat)
-                y = self._onednn((x_q.to(torch.int16) + 128).to(torch.uint8), self.packed)
-                y = y.mul_(s_x)
-                if self.bias is not None:
-                    y = y.add_(self.bias)
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
-        if _fused_int8() and flat.device.type == "cpu":
-            # the same arithmetic in one C++ call (pie.kernels.cpu_kernels.int8_linear)
-            y = _cpu_ops().int8_linear(flat, self.weight_q, self.scale, self._bias_arg)
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
-        x_q, s_x = quantize_rows(flat)
-        # int32 -> float32 first: an int32 * float32 product takes a slow mixed-type path
-        y = torch._int_mm(x_q, self.weight_q.t()).float().mul_(self.scale).mul_(s_x)
-        if self.bias is not None:
-            y = y.add_(self.bias)
+        y = self._rows(flat)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """[M, K] -> [M, N] on the cheapest path here; every path gives the same bits."""
+        onednn = self.packed is not None and x.shape[0] > ONEDNN_MIN_ROWS
+        ops = _cpu_ops() if x.device.type == "cpu" else None
+        if ops is not None:  # quantize and rescale as single C++ passes
+            if not onednn:
+                return ops.int8_linear(x, self.weight_q, self.scale, self._bias_arg)
+            x_u8, s_x = ops.quantize_rows_u8(x)
+            y = self._onednn(x_u8, self.packed)
+            ops.scale_rows_(y, s_x, self._bias_arg)
+            return y
+        x_q, s_x = quantize_rows(x)
+        if onednn:
+            y = self._onednn((x_q.to(torch.int16) + 128).to(torch.uint8), self.packed)
+        else:
+            # int32 -> float32 first: an int32 * float32 product takes a slow mixed-type path
+            y = torch._int_mm(x_q, self.weight_q.t()).float().mul_(self.scale)
+        y = y.mul_(s_x)
+        return y if self.bias is None else y.add_(self.bias)
 
     def nbytes(self) -> int:
         b = 0 if self.bias is None else self.bias.nbytes

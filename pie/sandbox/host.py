@@ -472,27 +472,30 @@ def inf_release_samplers(st: GuestState, h: int) -> None:
 def inf_forward_after(st: GuestState, c: int, after: int, tokens: list[int],
                       positions: list[int], samplers: list[tuple], attn: list[list[int]],
                       mask: list[int]) -> int:
-    kind, _, meta = st.future(after)
-    if kind != "forward":
-        raise GuestError(f"future {after} is not a forward pass")
-    _, prev, prev_eng = meta
-    if prev_eng is not st.context(c)[0]:
-        raise GuestError("a chained forward pass must run on the model of the pass it follows")
+    prev, _ = _chained_from(st, c, after)
     # the engine checks the rest (the pass samples a token and has not failed); index 0 is
     # a placeholder the engine replaces by the token `after` samples
     return inf_forward(st, c, [0, *tokens], positions, samplers, attn, mask, after=prev)
 
 
-def inf_forward_next(st: GuestState, c: int, after: int, position: int, samplers: int,
-                     mask: list[int]) -> int:
-    """`forward-after` of no further tokens, one position and registered samplers."""
+def _chained_from(st: GuestState, c: int, after: int) -> tuple[ForwardRequest, EngineService]:
+    """The request of forward pass `after` and the model of context `c`, which must be the
+    model that pass runs on (a chained pass takes its input token from it)."""
     kind, _, meta = st.future(after)
     if kind != "forward":
         raise GuestError(f"future {after} is not a forward pass")
     _, prev, prev_eng = meta
-    eng, cid = st.context(c)
+    eng = st.context(c)[0]
     if prev_eng is not eng:
         raise GuestError("a chained forward pass must run on the model of the pass it follows")
+    return prev, eng
+
+
+def inf_forward_next(st: GuestState, c: int, after: int, position: int, samplers: int,
+                     mask: list[int]) -> int:
+    """`forward-after` of no further tokens, one position and registered samplers."""
+    prev, eng = _chained_from(st, c, after)
+    cid = st.context(c)[1]
     ss = st.sampler_sets.get(samplers)
     if ss is None:
         raise GuestError(f"unknown samplers handle {samplers}; register them first")

@@ -129,7 +129,7 @@ def test_fused_int8_linear_equals_the_torch_path(m, k, n, bias, monkeypatch):
     x = torch.randn(m, k, generator=g)
     x[:, 3] *= 20
     fused = lin(x)
-    monkeypatch.setattr(llama, "_fused_int8", lambda: False)
+    monkeypatch.setattr(llama, "_cpu_ops", lambda: None)
     assert torch.equal(fused, lin(x))
     q, s = cpu_kernels.load().quantize_rows(x)
     q_ref, s_ref = llama.quantize_rows(x)
@@ -186,7 +186,6 @@ def test_int8_linear_paths_give_the_same_bits(m, monkeypatch):
             monkeypatch.setattr(llama, "ONEDNN_MIN_ROWS", 0)  # oneDNN for every row count
             if not fused:
                 monkeypatch.setattr(llama, "_cpu_ops", lambda: None)
-                monkeypatch.setattr(llama, "_fused_int8", lambda: False)
             outs.append(lin(x))
             monkeypatch.undo()
     assert all(torch.equal(outs[0], o) for o in outs[1:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from wit_world.imports import model as _model
 from wit_world.imports import runtime as _runtime
 
@@ -36,53 +38,43 @@ class Model:
 
     def __init__(self, handle: int) -> None:
         self._h = handle
-        self._described: tuple[str, str] | None = None
-        self._shape: tuple[int, int, int] | None = None
-        self._stop_ids: list[int] | None = None
-        self._eos_ids: list[int] | None = None
         self._tokenizer: Tokenizer | None = None
 
-    def _describe(self) -> tuple[str, str]:
-        if self._described is None:
-            self._described = tuple(call(_model.describe, self._h))
-        return self._described
+    @functools.cached_property
+    def _described(self) -> tuple[str, str]:
+        return tuple(call(_model.describe, self._h))
 
+    @functools.cached_property
     def _dims(self) -> tuple[int, int, int]:
-        if self._shape is None:
-            self._shape = tuple(call(_model.shape, self._h))
-        return self._shape
+        return tuple(call(_model.shape, self._h))
+
+    @functools.cached_property
+    def _stop(self) -> list[int]:
+        return list(call(_model.stop_tokens, self._h))
+
+    @functools.cached_property
+    def _eos(self) -> list[int]:
+        return list(call(_model.eos_tokens, self._h))
 
     @property
     def name(self) -> str:
-        return self._describe()[0]
+        return self._described[0]
 
     @property
     def arch(self) -> str:
-        return self._describe()[1]
+        return self._described[1]
 
     @property
     def vocab_size(self) -> int:
-        return self._dims()[0]
+        return self._dims[0]
 
     @property
     def page_size(self) -> int:
-        return self._dims()[1]
+        return self._dims[1]
 
     @property
     def max_seq_len(self) -> int:
-        return self._dims()[2]
-
-    @property
-    def _stop(self) -> list[int]:
-        if self._stop_ids is None:
-            self._stop_ids = list(call(_model.stop_tokens, self._h))
-        return self._stop_ids
-
-    @property
-    def _eos(self) -> list[int]:
-        if self._eos_ids is None:
-            self._eos_ids = list(call(_model.eos_tokens, self._h))
-        return self._eos_ids
+        return self._dims[2]
 
     @staticmethod
     def load(name: str | None = None) -> Model:
