@@ -94,79 +94,146 @@ inline v8f load8(const c10::Half* p) {
 inline float hsum(v8f v) {
   return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
+inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+inline v8f splat8(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+inline v8f abs8(v8f v) {
+  v8u u;
+  std::memcpy(&u, &v, sizeof u);
+  u &= 0x7fffffffu;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+inline v8f max8(v8f a, v8f b) { return a > b ? a : b; }
+// round half to even, exact for |v| <= 2^22 (adding 1.5 * 2^23 leaves no fraction bits);
+// equals std::nearbyint there under the default rounding mode
+inline v8f round_even8(v8f v) {
+  const v8f magic = splat8(12582912.0f);
+  return (v + magic) - magic;
+}
+// e^x per lane: x = n ln2 + r with |r| <= ln2 / 2, e^r from a degree-7 series, times 2^n
+// (relative error ~1e-7; inputs are clamped to [-87, 88], where 2^n stays a normal float)
+inline v8f exp8(v8f x) {
+  x = x < splat8(-87.0f) ? splat8(-87.0f) : x;
+  x = x > splat8(88.0f) ? splat8(88.0f) : x;
+  const v8f n = round_even8(x * splat8(1.44269504088896341f));
+  v8f r = x - n * splat8(0.693359375f);
+  r = r - n * splat8(-2.12194440e-4f);
+  v8f p = splat8(1.9875691500e-4f);
+  p = p * r + splat8(1.3981999507e-3f);
+  p = p * r + splat8(8.3334519073e-3f);
+  p = p * r + splat8(4.1665795894e-2f);
+  p = p * r + splat8(1.6666665459e-1f);
+  p = p * r + splat8(5.0000001201e-1f);
+  p = p * (r * r) + r + splat8(1.0f);
+  typedef int v8i __attribute__((vector_size(32)));
+  v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
+  v8f scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  return p * scale;
+}
+inline float exp1(float x) {  // exp8 on one value: the same result as its lane would get
+  float t[8] = {x, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  return exp8(load8(t))[0];
+}
 
-// C = head_dim / 8 when known at compile time (the common head sizes), 0 = at run time
+// C = head_dim / 8 when known at compile time (the common head sizes), 0 = at run time.
+// GB query heads of one KV head are done together, so each K and V row is read once for all
+// of them (the KV rows are the kernel's memory traffic); each head's arithmetic is the same
+// sequence of operations whatever GB is.
+template <typename kv_t, int C, int GB>
+void attend_heads(const float* q, const kv_t* kv, int64_t t0, int64_t n, int64_t len,
+                  const int32_t* tab, int64_t h, int64_t g0, float* out, int64_t hq,
+                  int64_t dim, int64_t page_size, int64_t slot, int64_t page, int64_t group,
+                  float scale, std::vector<float>& score, std::vector<v8f>& qv,
+                  std::vector<v8f>& acc) {
+  const int64_t chunks = C ? C : dim / 8;
+  const int64_t first = len - n;  // query row j sees slots [0, first + j]
+  const kv_t* base = kv + h * dim;
+  score.resize(GB * len);
+  qv.resize(GB * chunks);
+  acc.resize(GB * chunks);
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t visible = first + j + 1;
+    for (int b = 0; b < GB; ++b) {
+      const float* qr = q + ((t0 + j) * hq + h * group + g0 + b) * dim;
+      for (int64_t c = 0; c < chunks; ++c) qv[b * chunks + c] = load8(qr + 8 * c) * scale;
+    }
+    float mx[GB];
+    for (int b = 0; b < GB; ++b) mx[b] = -std::numeric_limits<float>::infinity();
+    // slots in order, walking the page table (no division per slot)
+    for (int64_t s = 0, p = 0, o = 0; s < visible; ++s) {
+      const kv_t* k = base + tab[p] * page + o * slot;
+      if (++o == page_size) o = 0, ++p;
+      v8f a[GB];
+      for (int b = 0; b < GB; ++b) a[b] = v8f{};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const v8f kc = load8(k + 8 * c);
+        for (int b = 0; b < GB; ++b) a[b] += qv[b * chunks + c] * kc;
+      }
+      for (int b = 0; b < GB; ++b) {
+        const float x = hsum(a[b]);
+        score[b * len + s] = x;
+        mx[b] = std::max(mx[b], x);
+      }
+    }
+    float total[GB];
+    for (int b = 0; b < GB; ++b) {
+      float* sb = score.data() + b * len;
+      total[b] = 0.f;
+      for (int64_t t = 0; t < visible; ++t) {
+        sb[t] = std::exp(sb[t] - mx[b]);
+        total[b] += sb[t];
+      }
+    }
+    // weighted sums of the V rows
+    for (int64_t c = 0; c < GB * chunks; ++c) acc[c] = v8f{};
+    for (int64_t t = 0, p = 0, o = 0; t < visible; ++t) {
+      const kv_t* v = base + tab[p] * page + (page_size + o) * slot;
+      if (++o == page_size) o = 0, ++p;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const v8f vc = load8(v + 8 * c);
+        for (int b = 0; b < GB; ++b) acc[b * chunks + c] += score[b * len + t] * vc;
+      }
+    }
+    for (int b = 0; b < GB; ++b) {
+      const float inv = 1.f / total[b];
+      float* dst = out + ((t0 + j) * hq + h * group + g0 + b) * dim;
+      for (int64_t c = 0; c < chunks; ++c) {
+        v8f o = acc[b * chunks + c] * inv;
+        std::memcpy(dst + 8 * c, &o, sizeof o);
+      }
+    }
+  }
+}
+
 template <typename kv_t, int C>
 void attend(const float* q, const kv_t* kv, const int32_t* qo, const int32_t* table,
             const int32_t* lens, float* out, int64_t num_req, int64_t hq, int64_t hkv,
             int64_t dim, int64_t page_size, int64_t pmax, float scale, int64_t max_rows) {
-  const int64_t chunks = C ? C : dim / 8;
   const int64_t group = hq / hkv;
   const int64_t slot = hkv * dim;              // one K (or V) slot of one page
   const int64_t page = 2 * page_size * slot;   // a page: page_size K slots, then V slots
   at::parallel_for(0, num_req * hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> score;
-    std::vector<v8f> acc(chunks), qv(chunks);
+    std::vector<v8f> qv, acc;
     for (int64_t w = begin; w < end; ++w) {
       const int64_t r = w / hkv, h = w % hkv;
       const int64_t t0 = qo[r], n = qo[r + 1] - qo[r], len = lens[r];
       if (n <= 0 || n > max_rows) continue;  // longer blocks are the caller's
-      const int64_t first = len - n;         // query row j sees slots [0, first + j]
       const int32_t* tab = table + r * pmax;
-      const kv_t* base = kv + h * dim;
-      auto key = [&](int64_t s) { return base + tab[s / page_size] * page + (s % page_size) * slot; };
-      score.resize(len);
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t visible = first + j + 1;
-        for (int64_t g = 0; g < group; ++g) {
-          const int64_t head = h * group + g;
-          const float* qr = q + ((t0 + j) * hq + head) * dim;
-          for (int64_t c = 0; c < chunks; ++c) qv[c] = load8(qr + 8 * c) * scale;
-          // scores, four slots at a time (independent accumulators)
-          float mx = -std::numeric_limits<float>::infinity();
-          int64_t s = 0;
-          for (; s + 4 <= visible; s += 4) {
-            const kv_t *k0 = key(s), *k1 = key(s + 1), *k2 = key(s + 2), *k3 = key(s + 3);
-            v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
-            for (int64_t c = 0; c < chunks; ++c) {
-              a0 += qv[c] * load8(k0 + 8 * c);
-              a1 += qv[c] * load8(k1 + 8 * c);
-              a2 += qv[c] * load8(k2 + 8 * c);
-              a3 += qv[c] * load8(k3 + 8 * c);
-            }
-            score[s] = hsum(a0);
-            score[s + 1] = hsum(a1);
-            score[s + 2] = hsum(a2);
-            score[s + 3] = hsum(a3);
-            mx = std::max(mx, std::max(std::max(score[s], score[s + 1]),
-                                       std::max(score[s + 2], score[s + 3])));
-          }
-          for (; s < visible; ++s) {
-            const kv_t* k0 = key(s);
-            v8f a0 = {};
-            for (int64_t c = 0; c < chunks; ++c) a0 += qv[c] * load8(k0 + 8 * c);
-            score[s] = hsum(a0);
-            mx = std::max(mx, score[s]);
-          }
-          float total = 0.f;
-          for (int64_t t = 0; t < visible; ++t) {
-            score[t] = std::exp(score[t] - mx);
-            total += score[t];
-          }
-          // weighted sum of the V rows
-          for (int64_t c = 0; c < chunks; ++c) acc[c] = v8f{};
-          for (int64_t t = 0; t < visible; ++t) {
-            const kv_t* v = key(t) + page_size * slot;
-            const float p = score[t];
-            for (int64_t c = 0; c < chunks; ++c) acc[c] += p * load8(v + 8 * c);
-          }
-          const float inv = 1.f / total;
-          float* dst = out + ((t0 + j) * hq + head) * dim;
-          for (int64_t c = 0; c < chunks; ++c) {
-            v8f o = acc[c] * inv;
-            std::memcpy(dst + 8 * c, &o, sizeof o);
-          }
+      for (int64_t g0 = 0; g0 < group;) {  // the group's heads, up to 4 at a time
+        const int64_t gb = std::min<int64_t>(4, group - g0);
+#define PIE_ATTEND_HEADS(GB)                                                                 \
+  attend_heads<kv_t, C, GB>(q, kv, t0, n, len, tab, h, g0, out, hq, dim, page_size, slot, page, \
+                            group, scale, score, qv, acc)
+        switch (gb) {
+          case 4: PIE_ATTEND_HEADS(4); break;
+          case 3: PIE_ATTEND_HEADS(3); break;
+          case 2: PIE_ATTEND_HEADS(2); break;
+          default: PIE_ATTEND_HEADS(1); break;
         }
+#undef PIE_ATTEND_HEADS
+        g0 += gb;
       }
     }
   });
@@ -243,15 +310,28 @@ std::vector<torch::Tensor> quantize_rows_as(torch::Tensor x, torch::ScalarType t
   const float* xp = x.data_ptr<float>();
   code_t* qp = q.data_ptr<code_t>();
   float* sp = s.data_ptr<float>();
+  typedef int v8i __attribute__((vector_size(32)));
+  typedef code_t v8c __attribute__((vector_size(8)));
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* row = xp + i * k;
+      // max is exact and order-free: 8 lanes, then the tail, give the sequential result
+      v8f amax8 = splat8(0.f);
+      int64_t j = 0;
+      for (; j + 8 <= k; j += 8) amax8 = max8(abs8(load8(row + j)), amax8);
       float amax = 0.f;
-      for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
+      for (int l = 0; l < 8; ++l) amax = std::max(amax, amax8[l]);
+      for (; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
       const float scale = 1e-30f + amax * (1.0f / 127.0f);
       sp[i] = scale;
       code_t* out = qp + i * k;
-      for (int64_t j = 0; j < k; ++j)
+      const v8f s8 = splat8(scale);
+      for (j = 0; j + 8 <= k; j += 8) {  // |row / scale| <= 127: round_even8 is exact
+        v8i c = __builtin_convertvector(round_even8(load8(row + j) / s8), v8i) + offset;
+        v8c b = __builtin_convertvector(c, v8c);
+        std::memcpy(out + j, &b, sizeof b);
+      }
+      for (; j < k; ++j)
         out[j] = static_cast<code_t>(static_cast<int>(std::nearbyint(row[j] / scale)) + offset);
     }
   });
@@ -319,8 +399,16 @@ void scale_rows_(torch::Tensor y, torch::Tensor s, torch::Tensor bias) {
 
 namespace {
 inline void norm_row(const float* x, const float* w, float* y, int64_t h, float eps) {
-  float ss = 0.f;
-  for (int64_t j = 0; j < h; ++j) ss += x[j] * x[j];
+  // 8 partial sums of squares, then the tail: a fixed order for a given h, so a row's
+  // result does not depend on its batch
+  v8f acc = splat8(0.f);
+  int64_t j0 = 0;
+  for (; j0 + 8 <= h; j0 += 8) {
+    const v8f v = load8(x + j0);
+    acc += v * v;
+  }
+  float ss = hsum(acc);
+  for (int64_t j = j0; j < h; ++j) ss += x[j] * x[j];
   const float inv = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
   for (int64_t j = 0; j < h; ++j) y[j] = (x[j] * inv) * w[j];
 }
@@ -375,7 +463,12 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
       const float* g = gp + i * i2;
       const float* u = g + n;
       float* out = yp + i * n;
-      for (int64_t j = 0; j < n; ++j) out[j] = (g[j] / (1.0f + std::exp(-g[j]))) * u[j];
+      int64_t j = 0;
+      for (; j + 8 <= n; j += 8) {
+        const v8f gv = load8(g + j);
+        store8(out + j, (gv / (splat8(1.0f) + exp8(-gv))) * load8(u + j));
+      }
+      for (; j < n; ++j) out[j] = (g[j] / (1.0f + exp1(-g[j]))) * u[j];
     }
   });
   return y;

@@ -60,7 +60,6 @@ def _frozen(t: torch.Tensor) -> nn.Parameter:
 RUNTIME_QUANTS = ("", "int8", "bf16")
 
 
-_TINY = torch.tensor(1e-30)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,8 +72,11 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
     else:  # small: fewer calls win
         s = x.abs().amax(dim=1, keepdim=True)
-    # the same exact absmax either way; + 1e-30 (one call) keeps an all-zero row at 0 / 1e-30
-    s = torch.add(_TINY, s, alpha=1.0 / 127.0)
+    # the same exact absmax either way; * (1/127) then + 1e-30 as two separately rounded ops
+    # (an add with alpha is fused on torch's vector lanes but not on its scalar tail, which
+    # would let a row's scale depend on where the row sits); the 1e-30 keeps an all-zero row
+    # at 0 / 1e-30
+    s = s.mul_(1.0 / 127.0).add_(1e-30)
     return torch.div(x, s).round_().to(torch.int8), s
 
 

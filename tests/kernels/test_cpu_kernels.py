@@ -167,6 +167,40 @@ def test_fused_block_layers_match_torch():
     assert torch.equal(qkv, want)  # the same products and sums: bit for bit; v untouched
 
 
+@pytest.mark.parametrize("k", [5, 8, 13, 576, 1541])
+def test_row_quantizers_equal_torch_at_every_width(k):
+    """The vector loops and their scalar tails give torch's codes and scales exactly."""
+    from pie.model import llama
+
+    ops = cpu_kernels.load()
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(9, k, generator=g) * torch.logspace(-3, 3, 9)[:, None]
+    x[0] = 0.0  # an all-zero row keeps the tiny scale
+    x[1, -1] = 40.0  # the row's max in the tail
+    x[2, : k // 2] = torch.arange(k // 2) - 0.5 * (k // 2)  # exact ties round to even
+    q_ref, s_ref = llama.quantize_rows(x)
+    q, s = ops.quantize_rows(x)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+    q8, s8 = ops.quantize_rows_u8(x)
+    assert torch.equal(q8.to(torch.int16) - 128, q_ref.to(torch.int16)) and torch.equal(s8, s)
+
+
+@pytest.mark.parametrize("n", [3, 8, 21, 1536])
+def test_silu_mul_matches_torch_at_every_width_and_range(n):
+    """silu(gate) * up through the vector exp: torch's values to float32 rounding, for the
+    vector lanes and the tail alike, across the whole float range of a gate."""
+    import torch.nn.functional as F
+
+    ops = cpu_kernels.load()
+    g = torch.Generator().manual_seed(n)
+    gate = torch.randn(6, n, generator=g) * torch.tensor([0.01, 1, 4, 20, 90, 1000])[:, None]
+    up = torch.randn(6, n, generator=g)
+    got = ops.silu_mul(torch.cat([gate, up], dim=1))
+    assert torch.allclose(got, F.silu(gate) * up, rtol=2e-6, atol=1e-30)
+    rows = ops.silu_mul(torch.cat([gate, up], dim=1)[2:3])
+    assert torch.equal(rows, got[2:3])  # a row's result does not depend on its batch
+
+
 @pytest.mark.parametrize("m", [1, 31, 33, 300])
 def test_int8_linear_paths_give_the_same_bits(m, monkeypatch):
     """oneDNN's prepacked product and `_int_mm`, each with C++ or torch quantize/rescale."""
