@@ -287,18 +287,19 @@ class AttentionPlan:
             self._group_masks[group] = m
         return m
 
-    def long_requests(self, max_rows: int) -> AttentionPlan | None:
-        """The plan restricted to the requests with more than `max_rows` query rows (cached).
+    def long_requests(self, max_pairs: int) -> AttentionPlan | None:
+        """The plan restricted to the requests the C++ kernel leaves to the torch path (more
+        than one query row and more than `max_pairs` (query row, key) pairs; cached).
 
         None when there are none. The subset keeps the flat token numbering of the whole
         batch (its `query_rows` index the batch's q), so its result rows scatter into the
         batch's output; its gather, mask and padding cover only those requests.
         """
-        if max_rows in self._subsets:
-            return self._subsets[max_rows]
+        if max_pairs in self._subsets:
+            return self._subsets[max_pairs]
         assert self._mask_source is not None
         kv_len, n_q, _, _ = self._mask_source
-        idx = np.nonzero(n_q > max_rows)[0]
+        idx = np.nonzero(~cpu_kernels.kernel_takes(n_q, kv_len, max_pairs))[0]
         sub = None
         if idx.size:
             q_sub, l_sub = int(n_q[idx].max()), int(kv_len[idx].max())
@@ -314,7 +315,7 @@ class AttentionPlan:
                 dense_queries=False,
                 _mask=self.mask[t, :, :q_sub, :l_sub].contiguous(),
             )
-        self._subsets[max_rows] = sub
+        self._subsets[max_pairs] = sub
         return sub
 
 
@@ -726,16 +727,17 @@ def paged_attention(
 def _paged_attention_cpu(
     q: torch.Tensor, kv_layer: torch.Tensor, plan: AttentionPlan, scale: float | None
 ) -> torch.Tensor:
-    """Short query blocks (decode, small drafts) on the page-walking C++ kernel; requests
-    with longer blocks (prefill) on the torch path, whose SDPA wins there."""
+    """Decode rows and short causal blocks (drafts, short prefills) on the page-walking C++
+    kernel; bigger blocks on the torch path, whose SDPA wins there (`kernel_takes`)."""
     assert plan.qo_indptr is not None and plan.page_table is not None
     assert plan.kv_lens is not None
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    long = plan.long_requests(cpu_kernels.MAX_QUERY_ROWS)
+    max_pairs = cpu_kernels.KERNEL_MAX_PAIRS
+    long = plan.long_requests(max_pairs)
     if long is not None and long.query_rows.shape[0] == plan.query_rows.shape[0]:
         return _paged_attention_torch(q, kv_layer, plan, scale)  # all long: nothing to split
     out = cpu_kernels.paged_attention_cpu(
-        q, kv_layer, plan.qo_indptr, plan.page_table, plan.kv_lens, scale
+        q, kv_layer, plan.qo_indptr, plan.page_table, plan.kv_lens, scale, max_pairs
     )
     if long is not None:
         _paged_attention_torch(q, kv_layer, long, scale, out=out)

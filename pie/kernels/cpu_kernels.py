@@ -52,9 +52,19 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Query rows per request up to which the kernel is used; longer blocks (prefill) go to SDPA,
-# whose blocked GEMMs win there.
-MAX_QUERY_ROWS = 16
+# The kernel takes a request when it has one query row (decode), or when its query rows see
+# at most this many (query row, key) pairs per head in all (short causal blocks: drafts, short
+# prefills); bigger blocks go to SDPA, whose blocked GEMMs win there. At the default model's
+# shapes the two cost the same near 1,500 pairs (a 32-row block over 64 keys; 64 over 64).
+KERNEL_MAX_PAIRS = 1200
+
+
+def kernel_takes(n_q: Any, kv_len: Any, max_pairs: int = KERNEL_MAX_PAIRS) -> Any:
+    """Which requests (numpy arrays of query rows and KV lengths) the kernel computes; the
+    C++ side applies the same integer test. pairs = sum over rows j of (kv_len - n_q + j + 1)."""
+    n, kv = n_q.astype("int64"), kv_len.astype("int64")
+    return (n <= 1) | (n * (2 * kv - n + 1) <= 2 * max_pairs)
+
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -209,7 +219,7 @@ void attend_heads(const float* q, const kv_t* kv, int64_t t0, int64_t n, int64_t
 template <typename kv_t, int C>
 void attend(const float* q, const kv_t* kv, const int32_t* qo, const int32_t* table,
             const int32_t* lens, float* out, int64_t num_req, int64_t hq, int64_t hkv,
-            int64_t dim, int64_t page_size, int64_t pmax, float scale, int64_t max_rows) {
+            int64_t dim, int64_t page_size, int64_t pmax, float scale, int64_t max_pairs) {
   const int64_t group = hq / hkv;
   const int64_t slot = hkv * dim;              // one K (or V) slot of one page
   const int64_t page = 2 * page_size * slot;   // a page: page_size K slots, then V slots
@@ -219,7 +229,8 @@ void attend(const float* q, const kv_t* kv, const int32_t* qo, const int32_t* ta
     for (int64_t w = begin; w < end; ++w) {
       const int64_t r = w / hkv, h = w % hkv;
       const int64_t t0 = qo[r], n = qo[r + 1] - qo[r], len = lens[r];
-      if (n <= 0 || n > max_rows) continue;  // longer blocks are the caller's
+      // bigger blocks are the caller's (the test of kernel_takes)
+      if (n <= 0 || (n > 1 && n * (2 * len - n + 1) > 2 * max_pairs)) continue;
       const int32_t* tab = table + r * pmax;
       for (int64_t g0 = 0; g0 < group;) {  // the group's heads, up to 4 at a time
         const int64_t gb = std::min<int64_t>(4, group - g0);
@@ -242,25 +253,25 @@ void attend(const float* q, const kv_t* kv, const int32_t* qo, const int32_t* ta
 template <typename kv_t>
 void attend_any(const float* q, const kv_t* kv, const int32_t* qo, const int32_t* table,
                 const int32_t* lens, float* out, int64_t num_req, int64_t hq, int64_t hkv,
-                int64_t dim, int64_t page_size, int64_t pmax, float scale, int64_t max_rows) {
+                int64_t dim, int64_t page_size, int64_t pmax, float scale, int64_t max_pairs) {
   switch (dim) {
     case 64:
-      return attend<kv_t, 8>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_rows);
+      return attend<kv_t, 8>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_pairs);
     case 128:
-      return attend<kv_t, 16>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_rows);
+      return attend<kv_t, 16>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_pairs);
     default:
-      return attend<kv_t, 0>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_rows);
+      return attend<kv_t, 0>(q, kv, qo, table, lens, out, num_req, hq, hkv, dim, page_size, pmax, scale, max_pairs);
   }
 }
 
 }  // namespace
 
 // q [T, Hq, D] float32; kv_layer [P, 2, S, Hkv, D]; qo_indptr [R+1], page_table [R, pmax],
-// kv_lens [R] int32. Returns [T, Hq, D] float32; the rows of requests with more than max_rows
-// query rows are left unwritten.
+// kv_lens [R] int32. Returns [T, Hq, D] float32; the rows of requests kernel_takes rejects (more
+// than one query row and more than max_pairs (row, key) pairs) are left unwritten.
 torch::Tensor paged_attention(torch::Tensor q, torch::Tensor kv_layer, torch::Tensor qo_indptr,
                               torch::Tensor page_table, torch::Tensor kv_lens, double scale,
-                              int64_t max_rows) {
+                              int64_t max_pairs) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(),
               "q must be a contiguous float32 [T, Hq, D] tensor");
   TORCH_CHECK(kv_layer.dim() == 5 && kv_layer.is_contiguous(),
@@ -284,13 +295,13 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor kv_layer, torch::Te
   const float sc = static_cast<float>(scale);
   switch (kv_layer.scalar_type()) {
     case torch::kFloat32:
-      attend_any(qp, kv_layer.data_ptr<float>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_rows);
+      attend_any(qp, kv_layer.data_ptr<float>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_pairs);
       break;
     case torch::kBFloat16:
-      attend_any(qp, kv_layer.data_ptr<c10::BFloat16>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_rows);
+      attend_any(qp, kv_layer.data_ptr<c10::BFloat16>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_pairs);
       break;
     case torch::kFloat16:
-      attend_any(qp, kv_layer.data_ptr<c10::Half>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_rows);
+      attend_any(qp, kv_layer.data_ptr<c10::Half>(), qop, tp, lp, op, num_req, hq, hkv, dim, page_size, pmax, sc, max_pairs);
       break;
     default:
       TORCH_CHECK(false, "kv_layer must be float32, bfloat16 or float16");
@@ -619,15 +630,16 @@ def paged_attention_cpu(
     page_table: torch.Tensor,
     kv_lens: torch.Tensor,
     scale: float,
-    max_rows: int = MAX_QUERY_ROWS,
+    max_pairs: int = KERNEL_MAX_PAIRS,
 ) -> torch.Tensor:
     """Causal paged attention for a ragged batch; returns [T, Hq, D] in q's dtype.
 
-    Requests with more than `max_rows` query rows are skipped: their output rows are left
-    uninitialized for the caller to fill.
+    Requests that `kernel_takes` rejects (more than one query row and more than `max_pairs`
+    (query row, key) pairs) are skipped: their output rows are left uninitialized for the
+    caller to fill.
     """
     out = load().paged_attention(
-        q.float().contiguous(), kv_layer, qo_indptr, page_table, kv_lens, float(scale), max_rows
+        q.float().contiguous(), kv_layer, qo_indptr, page_table, kv_lens, float(scale), max_pairs
     )
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 

@@ -19,7 +19,8 @@ SHAPES = [
     # n_q per request, kv_len per request, page, Hkv, group, D
     ([1] * 9, [1, 2, 3, 4, 5, 15, 16, 17, 70], 16, 3, 3, 64),  # decode, every tail length
     ([1, 2, 3], [40, 41, 42], 8, 2, 4, 128),  # short multi-row blocks (drafts), D=128
-    ([1, 16, 4], [33, 60, 4], 16, 1, 1, 64),  # MHA, a block of exactly MAX_QUERY_ROWS
+    ([1, 16, 4], [33, 60, 4], 16, 1, 1, 64),  # MHA, a 16-row block over 60 keys
+    ([1, 40], [5, 40], 16, 3, 3, 64),  # a whole 40-token prefill (820 pairs)
     ([2, 1], [9, 30], 4, 2, 2, 80),  # D=80: the run-time chunk count
     ([0, 1, 0, 3], [5, 7, 0, 3], 16, 3, 3, 64),  # requests without query rows
 ]
@@ -42,12 +43,13 @@ def test_kernel_matches_reference(shape, dtype):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_mixed_batches_split_between_kernel_and_sdpa(seed, monkeypatch):
-    """Requests longer than MAX_QUERY_ROWS go to SDPA, the rest to the kernel, in one call."""
+    """Requests with many (query row, key) pairs go to SDPA, the rest to the kernel, in one
+    call."""
     rng = np.random.default_rng(seed)
     r = int(rng.integers(2, 7))
     n_q = [int(x) for x in rng.integers(1, 40, r)]
     n_q[0] = 1  # at least one short and one long request
-    n_q[-1] = 30
+    n_q[-1] = 60  # 60 x 61 / 2 pairs at least: over KERNEL_MAX_PAIRS
     kv_len = [n + int(rng.integers(0, 40)) for n in n_q]
     q, kv, csr, _ = make_batch(n_q, kv_len, 16, 3, 3, 64, torch.float32, seed=seed)
     plan = AttentionPlan.build(*csr, 16)
@@ -62,7 +64,9 @@ def test_mixed_batches_split_between_kernel_and_sdpa(seed, monkeypatch):
     out = paged_attention(q, kv, plan)
     ref = paged_attention_reference(q, kv, *csr)
     assert (out.double() - ref).abs().max().item() <= 1e-5
-    assert sdpa_requests == [sum(n > cpu_kernels.MAX_QUERY_ROWS for n in n_q)]
+    takes = cpu_kernels.kernel_takes(np.array(n_q), np.array(kv_len))
+    assert sdpa_requests == [int((~takes).sum())]
+    assert takes[0] and not takes[-1]
 
 
 def test_decode_batches_never_touch_the_gather_path(monkeypatch):
