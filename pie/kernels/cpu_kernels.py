@@ -187,11 +187,19 @@ void attend_heads(const float* q, const kv_t* kv, int64_t t0, int64_t n, int64_t
       }
     }
     float total[GB];
-    for (int b = 0; b < GB; ++b) {
+    for (int b = 0; b < GB; ++b) {  // e^(score - max), 8 slots at a time, summed in a fixed order
       float* sb = score.data() + b * len;
-      total[b] = 0.f;
-      for (int64_t t = 0; t < visible; ++t) {
-        sb[t] = std::exp(sb[t] - mx[b]);
+      const v8f m8 = splat8(mx[b]);
+      v8f t8 = splat8(0.f);
+      int64_t t = 0;
+      for (; t + 8 <= visible; t += 8) {
+        const v8f e = exp8(load8(sb + t) - m8);
+        store8(sb + t, e);
+        t8 += e;
+      }
+      total[b] = hsum(t8);
+      for (; t < visible; ++t) {
+        sb[t] = exp1(sb[t] - mx[b]);
         total[b] += sb[t];
       }
     }
