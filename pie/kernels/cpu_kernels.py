@@ -450,10 +450,14 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   return y;
 }
 
-// x += delta (in place, the residual stream), then returns rms_norm(x, w)
-torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, torch::Tensor w, double eps) {
+// x += delta * s (in place, the residual stream; s [T, 1], rounded per product as scale_rows_
+// rounds it; an empty s means 1), then returns rms_norm(x, w)
+torch::Tensor add_rms_norm_scaled_(torch::Tensor x, torch::Tensor delta, torch::Tensor s,
+                                   torch::Tensor w, double eps) {
   check_rows(x, "x");
   check_rows(delta, "delta");
+  TORCH_CHECK(!s.numel() || (s.numel() == x.size(0) && s.is_contiguous()), "s must be [T, 1]");
+  const float* sp = s.numel() ? s.data_ptr<float>() : nullptr;
   auto y = torch::empty_like(x);
   const int64_t t = x.size(0), h = x.size(1);
   float* xp = x.data_ptr<float>();
@@ -463,34 +467,75 @@ torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, torch::Tensor 
     for (int64_t i = b; i < e; ++i) {
       float* row = xp + i * h;
       const float* d = dp + i * h;
-      for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j];
+      if (sp) {
+        const float r = sp[i];
+        for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j] * r;
+      } else {
+        for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j];
+      }
       norm_row(row, wp, yp + i * h, h, static_cast<float>(eps));
     }
   });
   return y;
 }
 
-// gate_up [T, 2I] -> silu(gate) * up [T, I]
-torch::Tensor silu_mul(torch::Tensor gate_up) {
+torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, torch::Tensor w, double eps) {
+  return add_rms_norm_scaled_(x, delta, torch::empty({0}, x.options()), w, eps);
+}
+
+// gate_up [T, 2I] -> silu(gate) * up [T, I]; with a row scale s [T, 1] (else an empty tensor)
+// gate and up are first multiplied by their row's s, rounded as scale_rows_ rounds them
+torch::Tensor silu_mul_scaled(torch::Tensor gate_up, torch::Tensor s) {
   check_rows(gate_up, "gate_up");
   const int64_t t = gate_up.size(0), i2 = gate_up.size(1), n = i2 / 2;
+  TORCH_CHECK(!s.numel() || (s.numel() == t && s.is_contiguous()), "s must be [T, 1]");
   auto y = torch::empty({t, n}, gate_up.options());
   const float* gp = gate_up.data_ptr<float>();
+  const float* sp = s.numel() ? s.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, t, 4, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float* g = gp + i * i2;
       const float* u = g + n;
       float* out = yp + i * n;
+      const float r = sp ? sp[i] : 1.0f;
+      const v8f r8 = splat8(r);
       int64_t j = 0;
       for (; j + 8 <= n; j += 8) {
-        const v8f gv = load8(g + j);
-        store8(out + j, (gv / (splat8(1.0f) + exp8(-gv))) * load8(u + j));
+        v8f gv = load8(g + j), uv = load8(u + j);
+        if (sp) gv = gv * r8, uv = uv * r8;
+        store8(out + j, (gv / (splat8(1.0f) + exp8(-gv))) * uv);
       }
-      for (; j < n; ++j) out[j] = (g[j] / (1.0f + exp1(-g[j]))) * u[j];
+      for (; j < n; ++j) {
+        const float gj = sp ? g[j] * r : g[j], uj = sp ? u[j] * r : u[j];
+        out[j] = (gj / (1.0f + exp1(-gj))) * uj;
+      }
     }
   });
   return y;
+}
+
+torch::Tensor silu_mul(torch::Tensor gate_up) {
+  return silu_mul_scaled(gate_up, torch::empty({0}, gate_up.options()));
+}
+
+// x += delta * s per row (in place; s [T, 1]), each product rounded before the add
+void add_scaled_(torch::Tensor x, torch::Tensor delta, torch::Tensor s) {
+  check_rows(x, "x");
+  check_rows(delta, "delta");
+  const int64_t t = x.size(0), h = x.size(1);
+  TORCH_CHECK(delta.size(0) == t && delta.size(1) == h && s.numel() == t && s.is_contiguous(),
+              "delta must match x and s must be [T, 1]");
+  float* xp = x.data_ptr<float>();
+  const float *dp = delta.data_ptr<float>(), *sp = s.data_ptr<float>();
+  at::parallel_for(0, t, 8, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      float* row = xp + i * h;
+      const float* d = dp + i * h;
+      const float r = sp[i];
+      for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j] * r;
+    }
+  });
 }
 
 // Rotate-half RoPE in place on the first `heads` heads of each row of qkv [T, *] (q then k):
@@ -531,6 +576,9 @@ _FUNCTIONS = [
     "rms_norm",
     "add_rms_norm_",
     "silu_mul",
+    "silu_mul_scaled",
+    "add_scaled_",
+    "add_rms_norm_scaled_",
     "rope_",
 ]
 

@@ -28,7 +28,7 @@ cache stay float32.
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +174,16 @@ class Int8Linear:
         y = y.mul_(s_x)
         return y if self.bias is None else y.add_(self.bias)
 
+    def unscaled(self, x: torch.Tensor, ops: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(y, s_x) with y = float(acc) * s_w still to be multiplied by each row's s_x, when
+        the oneDNN path runs without a bias: the caller folds that multiplication into its
+        next pass (`silu_mul_scaled`, `add_rms_norm_scaled_`, `add_scaled_`), rounded the same
+        way. Otherwise (y, None) with y finished. `ops` is the C++ kernels module."""
+        if self.packed is None or self.bias is not None or x.shape[0] <= ONEDNN_MIN_ROWS:
+            return self(x), None
+        x_u8, s_x = ops.quantize_rows_u8(x)
+        return self._onednn(x_u8, self.packed), s_x
+
     def nbytes(self) -> int:
         b = 0 if self.bias is None else self.bias.nbytes
         return self.weight_q.nbytes + self.scale.nbytes + b
@@ -244,6 +254,9 @@ QUANT_LINEARS: dict[str, type[Int8Linear | Bf16Linear]] = {
     "int8": Int8Linear,
     "bf16": Bf16Linear,
 }
+
+
+_NO_SCALE = torch.empty(0)  # "no row scale" for the C++ passes that take one
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, q: QuantLinear | None):
@@ -367,17 +380,34 @@ class DecoderLayer(nn.Module):
             k = apply_rotary(k, cos[:, None], sin[:, None])
         write_kv(kv_layer, k, v, plan)
         o = paged_attention(q, kv_layer, plan, scale=self.scale)  # [T, Hq, D]
-        o = self._all_reduce(_linear(o.reshape(t, self.q_size), self.o_weight, None, self.o_q))
+        o, o_s = self._project(
+            o.reshape(t, self.q_size), self.o_weight, self.o_q, ops, fold=self.o_bias is None
+        )
         if self.o_bias is not None:
             o = o + self.o_bias
-        h = ops.add_rms_norm_(x, o.contiguous(), self.post_norm, self.eps)  # x += o
-        gate_up = _linear(h, self.gate_up_weight, self.gate_up_bias, self.gate_up_q)  # [T, 2 I]
-        down = self._all_reduce(
-            _linear(ops.silu_mul(gate_up.contiguous()), self.down_weight, None, self.down_q)
+        h = ops.add_rms_norm_scaled_(x, o.contiguous(), o_s, self.post_norm, self.eps)  # x += o
+        gate_up, gu_s = self._project(h, self.gate_up_weight, self.gate_up_q, ops, self.gate_up_bias)
+        down, down_s = self._project(
+            ops.silu_mul_scaled(gate_up.contiguous(), gu_s), self.down_weight, self.down_q, ops,
+            fold=self.down_bias is None,
         )
         if self.down_bias is not None:
             down = down + self.down_bias
+        if down_s.numel():
+            ops.add_scaled_(x, down, down_s)
+            return x
         return x.add_(down)
+
+    def _project(self, x, w, q, ops, b=None, fold=True) -> tuple[torch.Tensor, torch.Tensor]:
+        """A projection whose int8 rescale by s_x may be left to the next C++ pass: (y, s_x),
+        or (y, an empty tensor) when y is finished (other paths, a bias before or after it,
+        tensor parallelism, whose all-reduce needs finished partial sums)."""
+        if fold and isinstance(q, Int8Linear) and self.tp_size == 1 and b is None:
+            y, s = q.unscaled(x, ops)
+            if s is not None:
+                return y, s
+            return y, _NO_SCALE
+        return self._all_reduce(_linear(x, w, b, q)), _NO_SCALE
 
 
 class LlamaModel(nn.Module):
