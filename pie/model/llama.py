@@ -381,7 +381,8 @@ class DecoderLayer(nn.Module):
         write_kv(kv_layer, k, v, plan)
         o = paged_attention(q, kv_layer, plan, scale=self.scale)  # [T, Hq, D]
         o, o_s = self._project(
-            o.reshape(t, self.q_size), self.o_weight, self.o_q, ops, fold=self.o_bias is None
+            o.reshape(t, self.q_size), self.o_weight, self.o_q, ops, fold=self.o_bias is None,
+            reduce=True,
         )
         if self.o_bias is not None:
             o = o + self.o_bias
@@ -389,7 +390,7 @@ class DecoderLayer(nn.Module):
         gate_up, gu_s = self._project(h, self.gate_up_weight, self.gate_up_q, ops, self.gate_up_bias)
         down, down_s = self._project(
             ops.silu_mul_scaled(gate_up.contiguous(), gu_s), self.down_weight, self.down_q, ops,
-            fold=self.down_bias is None,
+            fold=self.down_bias is None, reduce=True,
         )
         if self.down_bias is not None:
             down = down + self.down_bias
@@ -398,16 +399,18 @@ class DecoderLayer(nn.Module):
             return x
         return x.add_(down)
 
-    def _project(self, x, w, q, ops, b=None, fold=True) -> tuple[torch.Tensor, torch.Tensor]:
+    def _project(
+        self, x, w, q, ops, b=None, fold=True, reduce=False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A projection whose int8 rescale by s_x may be left to the next C++ pass: (y, s_x),
         or (y, an empty tensor) when y is finished (other paths, a bias before or after it,
-        tensor parallelism, whose all-reduce needs finished partial sums)."""
+        tensor parallelism, whose all-reduce needs finished partial sums). `reduce`: a
+        row-parallel projection, summed over the tensor-parallel ranks."""
         if fold and isinstance(q, Int8Linear) and self.tp_size == 1 and b is None:
             y, s = q.unscaled(x, ops)
-            if s is not None:
-                return y, s
-            return y, _NO_SCALE
-        return self._all_reduce(_linear(x, w, b, q)), _NO_SCALE
+            return y, _NO_SCALE if s is None else s
+        y = _linear(x, w, b, q)
+        return (self._all_reduce(y) if reduce else y), _NO_SCALE
 
 
 class LlamaModel(nn.Module):
