@@ -60,8 +60,6 @@ def _frozen(t: torch.Tensor) -> nn.Parameter:
 RUNTIME_QUANTS = ("", "int8", "bf16")
 
 
-
-
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: x [M, K] float32 ~= q * s with q int8 [M, K], s float32 [M, 1].
 
@@ -387,7 +385,9 @@ class DecoderLayer(nn.Module):
         if self.o_bias is not None:
             o = o + self.o_bias
         h = ops.add_rms_norm_scaled_(x, o.contiguous(), o_s, self.post_norm, self.eps)  # x += o
-        gate_up, gu_s = self._project(h, self.gate_up_weight, self.gate_up_q, ops, self.gate_up_bias)
+        gate_up, gu_s = self._project(
+            h, self.gate_up_weight, self.gate_up_q, ops, self.gate_up_bias
+        )  # [T, 2 I]
         down, down_s = self._project(
             ops.silu_mul_scaled(gate_up.contiguous(), gu_s), self.down_weight, self.down_q, ops,
             fold=self.down_bias is None, reduce=True,

@@ -55,10 +55,9 @@ def test_int8_rescale_folded_into_the_next_pass_gives_the_same_bits(tiny_checkpo
         pos = torch.arange(n)
         rows = torch.arange(n)
         kv_a, kv_b = model.allocate_kv(12, 4), model.allocate_kv(12, 4)
-        calls: list[int] = []
-        unscaled = llama.Int8Linear.unscaled
+        calls: list[bool] = []
 
-        def spy(self, x, ops):
+        def spy(self, x, ops, unscaled=llama.Int8Linear.unscaled, calls=calls):
             y, s = unscaled(self, x, ops)
             calls.append(s is not None)
             return y, s
