@@ -452,8 +452,8 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
 
 // x += delta * s (in place, the residual stream; s [T, 1], rounded per product as scale_rows_
 // rounds it; an empty s means 1), then returns rms_norm(x, w)
-torch::Tensor add_rms_norm_scaled_(torch::Tensor x, torch::Tensor delta, torch::Tensor s,
-                                   torch::Tensor w, double eps) {
+torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, torch::Tensor s,
+                            torch::Tensor w, double eps) {
   check_rows(x, "x");
   check_rows(delta, "delta");
   TORCH_CHECK(!s.numel() || (s.numel() == x.size(0) && s.is_contiguous()), "s must be [T, 1]");
@@ -479,13 +479,9 @@ torch::Tensor add_rms_norm_scaled_(torch::Tensor x, torch::Tensor delta, torch::
   return y;
 }
 
-torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, torch::Tensor w, double eps) {
-  return add_rms_norm_scaled_(x, delta, torch::empty({0}, x.options()), w, eps);
-}
-
 // gate_up [T, 2I] -> silu(gate) * up [T, I]; with a row scale s [T, 1] (else an empty tensor)
 // gate and up are first multiplied by their row's s, rounded as scale_rows_ rounds them
-torch::Tensor silu_mul_scaled(torch::Tensor gate_up, torch::Tensor s) {
+torch::Tensor silu_mul(torch::Tensor gate_up, torch::Tensor s) {
   check_rows(gate_up, "gate_up");
   const int64_t t = gate_up.size(0), i2 = gate_up.size(1), n = i2 / 2;
   TORCH_CHECK(!s.numel() || (s.numel() == t && s.is_contiguous()), "s must be [T, 1]");
@@ -513,10 +509,6 @@ torch::Tensor silu_mul_scaled(torch::Tensor gate_up, torch::Tensor s) {
     }
   });
   return y;
-}
-
-torch::Tensor silu_mul(torch::Tensor gate_up) {
-  return silu_mul_scaled(gate_up, torch::empty({0}, gate_up.options()));
 }
 
 // x += delta * s per row (in place; s [T, 1]), each product rounded before the add
@@ -576,9 +568,7 @@ _FUNCTIONS = [
     "rms_norm",
     "add_rms_norm_",
     "silu_mul",
-    "silu_mul_scaled",
     "add_scaled_",
-    "add_rms_norm_scaled_",
     "rope_",
 ]
 

@@ -154,13 +154,12 @@ class Int8Linear:
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """[M, K] -> [M, N] on the cheapest path here; every path gives the same bits."""
-        onednn = self.packed is not None and x.shape[0] > ONEDNN_MIN_ROWS
+        onednn = self._on_onednn(x)
         ops = _cpu_ops() if x.device.type == "cpu" else None
         if ops is not None:  # quantize and rescale as single C++ passes
             if not onednn:
                 return ops.int8_linear(x, self.weight_q, self.scale, self._bias_arg)
-            x_u8, s_x = ops.quantize_rows_u8(x)
-            y = self._onednn(x_u8, self.packed)
+            y, s_x = self._onednn_unscaled(x, ops)
             ops.scale_rows_(y, s_x, self._bias_arg)
             return y
         x_q, s_x = quantize_rows(x)
@@ -175,10 +174,16 @@ class Int8Linear:
     def unscaled(self, x: torch.Tensor, ops: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(y, s_x) with y = float(acc) * s_w still to be multiplied by each row's s_x, when
         the oneDNN path runs without a bias: the caller folds that multiplication into its
-        next pass (`silu_mul_scaled`, `add_rms_norm_scaled_`, `add_scaled_`), rounded the same
-        way. Otherwise (y, None) with y finished. `ops` is the C++ kernels module."""
-        if self.packed is None or self.bias is not None or x.shape[0] <= ONEDNN_MIN_ROWS:
+        next pass (`silu_mul`, `add_rms_norm_`, `add_scaled_`), rounded the same way.
+        Otherwise (y, None) with y finished. `ops` is the C++ kernels module."""
+        if self.bias is not None or not self._on_onednn(x):
             return self(x), None
+        return self._onednn_unscaled(x, ops)
+
+    def _on_onednn(self, x: torch.Tensor) -> bool:
+        return self.packed is not None and x.shape[0] > ONEDNN_MIN_ROWS
+
+    def _onednn_unscaled(self, x: torch.Tensor, ops: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x_u8, s_x = ops.quantize_rows_u8(x)
         return self._onednn(x_u8, self.packed), s_x
 
@@ -384,12 +389,12 @@ class DecoderLayer(nn.Module):
         )
         if self.o_bias is not None:
             o = o + self.o_bias
-        h = ops.add_rms_norm_scaled_(x, o.contiguous(), o_s, self.post_norm, self.eps)  # x += o
+        h = ops.add_rms_norm_(x, o.contiguous(), o_s, self.post_norm, self.eps)  # x += o
         gate_up, gu_s = self._project(
             h, self.gate_up_weight, self.gate_up_q, ops, self.gate_up_bias
         )  # [T, 2 I]
         down, down_s = self._project(
-            ops.silu_mul_scaled(gate_up.contiguous(), gu_s), self.down_weight, self.down_q, ops,
+            ops.silu_mul(gate_up.contiguous(), gu_s), self.down_weight, self.down_q, ops,
             fold=self.down_bias is None, reduce=True,
         )
         if self.down_bias is not None:
