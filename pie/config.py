@@ -152,6 +152,9 @@ class RuntimeConfig(msgspec.Struct, kw_only=True):
     """Hosts inferlet sockets may reach: names, CIDRs or host:port forms; "*" allows all."""
     max_upload_mb: int = 256
     """Largest single chunked upload the server accepts, in MiB."""
+    controller_nice: int | None = None
+    """Niceness added to the controller's event-loop thread (it runs the scheduler and every
+    inferlet) once the workers are up, 0-19; unset: 10 when a model runs on the CPU, else 0."""
 
 
 class SchedulerConfig(msgspec.Struct, kw_only=True):
@@ -642,6 +645,9 @@ def _validate(cfg: PieConfig) -> list[str]:
         _positive(issues, f"runtime.{key}", getattr(r, key))
     for key in ("wasm_warm_memory_mb", "wasm_warm_slots"):
         _positive(issues, f"runtime.{key}", getattr(r, key), allow_zero=True)
+    if r.controller_nice is not None and not 0 <= r.controller_nice <= 19:
+        issues.append(f"runtime.controller_nice must be in 0..19 (0 leaves the controller's "
+                      f"priority alone), got {r.controller_nice}")
     if not r.fs_scratch_dir:
         issues.append("runtime.fs_scratch_dir must not be empty")
     for i, entry in enumerate(r.network_allowed_hosts):
@@ -811,6 +817,21 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
+
+
+def controller_nice(cfg: PieConfig) -> int:
+    """The niceness the controller adds to its event-loop thread (`runtime.controller_nice`).
+
+    Unset, it is 10 when a worker runs on the CPU: the worker's forward pass then shares the
+    controller's cores, and a controller that takes a core the moment it wakes stalls every
+    thread of the pass (they meet at each barrier). Lowered, the controller's work (inferlet
+    steps, launches) fills the gaps where the pass runs on one thread, while its replies stay
+    prompt whenever a core is idle.
+    """
+    if cfg.runtime.controller_nice is not None:
+        return cfg.runtime.controller_nice
+    on_cpu = any(d.split(":")[0] == "cpu" for m in cfg.models for d in m.driver.device)
+    return 10 if on_cpu else 0
 
 
 def default_config(cuda: bool | None = None) -> PieConfig:

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any, Self
 
 import msgspec
 
 from pie.auth import Keystore, new_internal_token
-from pie.config import ModelConfig, PieConfig
+from pie.config import ModelConfig, PieConfig, controller_nice
 from pie.programs import ProgramStore
 from pie.server import Server, ServerOptions
 
@@ -175,6 +178,7 @@ class Engine:
         self.processes: Any = None
         self.server: Server | None = None
         self._started = False
+        self._niced: tuple[int, int] | None = None  # (thread id, niceness before start)
 
     # -- properties ------------------------------------------------------------------------
 
@@ -210,6 +214,8 @@ class Engine:
             if self._build_engines:
                 for model in self.cfg.models:
                     self.engines[model.name] = await self._start_model(model, say)
+                # after the workers are spawned (they keep the priority they started with)
+                self._lower_priority(controller_nice(self.cfg))
             say("starting the inferlet runtime")
             self.processes = self._make_process_manager()
             if hasattr(self.processes, "resolve_program"):  # inferlets launching inferlets
@@ -231,7 +237,29 @@ class Engine:
             await self.stop()
             raise
         self._started = True
+        _freeze_heap()
         say(f"serving on {self.url}")
+
+    def _lower_priority(self, nice: int) -> None:
+        """Add `nice` to this thread's niceness (`runtime.controller_nice`); undone by `stop`
+        where the system allows raising a priority again."""
+        if nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        tid = threading.get_native_id()  # Linux: the priority of this thread only
+        try:
+            before = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, before + nice))
+        except OSError as e:
+            log.warning("could not lower the controller's priority (runtime.controller_nice = "
+                        "%d): %s", nice, e)
+            return
+        self._niced = (tid, before)
+
+    def _restore_priority(self) -> None:
+        niced, self._niced = self._niced, None
+        if niced is not None and niced[0] == threading.get_native_id():
+            with contextlib.suppress(OSError):  # raising it again needs privileges
+                os.setpriority(os.PRIO_PROCESS, niced[0], niced[1])
 
     def _make_process_manager(self) -> Any:
         if self._pm_factory is not None:
@@ -324,6 +352,7 @@ class Engine:
                 await step()
             except Exception:
                 log.exception("error while stopping the %s", what)
+        self._restore_priority()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -331,6 +360,20 @@ class Engine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+_frozen = False
+
+
+def _freeze_heap() -> None:
+    """Once per process, after the first boot: move what start-up built (imports, tokenizers,
+    the runner) out of the cyclic collector's reach; a full collection would otherwise walk
+    it again every time, stalling the event loop."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 async def serve_until_signal(

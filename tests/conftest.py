@@ -12,7 +12,7 @@ def _has_gpu() -> bool:
         import torch
 
         return torch.cuda.is_available()
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means no CUDA
         return False
 
 

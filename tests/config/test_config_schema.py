@@ -15,6 +15,7 @@ from pie.config import (
     DummyOptions,
     PieConfig,
     PortableOptions,
+    controller_nice,
     default_config,
     dump_config,
     load_config,
@@ -163,8 +164,18 @@ def test_default_config_per_machine(cuda: bool) -> None:
         assert isinstance(opts, PortableOptions)
         assert (opts.kv_page_size, opts.num_threads, opts.omp_wait_policy) == (16, 2, "passive")
         assert opts.runtime_quant == "int8"
+    # the controller yields to a worker on its own cores only
+    assert cfg.runtime.controller_nice is None
+    assert controller_nice(cfg) == (0 if cuda else 10)
     # what init writes reads back to the same config
     assert parse_config(tomllib.loads(dump_config(cfg)), "dump") == cfg
+
+
+def test_controller_nice_set_explicitly() -> None:
+    assert controller_nice(parse_config(set_value(base(), "runtime.controller_nice", "3"),
+                                        "cfg.toml")) == 3
+    assert controller_nice(parse_config(set_value(base(), "runtime.controller_nice", "0"),
+                                        "cfg.toml")) == 0
 
 
 def test_missing_default_file_gives_builtin_default(monkeypatch, tmp_path) -> None:
@@ -204,6 +215,8 @@ RANGE_CASES = [
     ("runtime.wasm_warm_memory_mb", "-1", "runtime.wasm_warm_memory_mb must be >= 0"),
     ("runtime.wasm_warm_slots", "-1", "runtime.wasm_warm_slots must be >= 0"),
     ("runtime.max_upload_mb", "0", "runtime.max_upload_mb must be > 0"),
+    ("runtime.controller_nice", "20", "runtime.controller_nice must be in 0..19"),
+    ("runtime.controller_nice", "-1", "runtime.controller_nice must be in 0..19"),
     ("model.0.scheduler.request_timeout_secs", "0", "request_timeout_secs must be > 0"),
     ("model.0.scheduler.default_token_limit", "0", "default_token_limit must be > 0"),
     ("model.0.scheduler.default_endowment_pages", "0", "default_endowment_pages must be > 0"),
@@ -250,6 +263,8 @@ def test_each_rule_rejects_out_of_range(key: str, value: str, fragment: str) -> 
         ("server.port", "65535"),
         ("server.max_concurrent_processes", "1"),
         ("runtime.wasm_warm_memory_mb", "0"),
+        ("runtime.controller_nice", "0"),
+        ("runtime.controller_nice", "19"),
         ("model.0.scheduler.restore_pause_at_utilization", "1.0"),
         ("model.0.scheduler.admission_oversubscription_factor", "0.5"),
         ("model.0.scheduler.request_timeout_secs", "0.25"),

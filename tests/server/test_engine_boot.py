@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import msgspec
@@ -41,9 +42,16 @@ def test_dummy_worker_boot_status_and_clean_stop(tmp_path, monkeypatch):
             programs=ProgramStore(tmp_path / "programs"),
         )
         steps = []
+        tid = threading.get_native_id()
+        nice_before = os.getpriority(os.PRIO_PROCESS, tid)
         await engine.start(steps.append)
         try:
             assert any("ready" in s for s in steps), steps
+            # a CPU model: the controller's thread yields to the worker (controller_nice 10),
+            # the worker keeps the priority it was spawned with
+            assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, nice_before + 10)
+            worker_pid = engine.workers[0]._procs[0].pid
+            assert os.getpriority(os.PRIO_PROCESS, worker_pid) == nice_before
             sched = engine.engines["default"]
             assert sched.info.page_size == 16 and sched.info.eos_token_ids
             assert sched.tokenizer.decode(sched.tokenizer.encode("hello")) == "hello"
@@ -55,6 +63,8 @@ def test_dummy_worker_boot_status_and_clean_stop(tmp_path, monkeypatch):
             assert status["default.pages_used"] == 0
         finally:
             await engine.stop()
+        if os.geteuid() == 0:  # raising a priority again needs the privilege
+            assert os.getpriority(os.PRIO_PROCESS, tid) == nice_before
         for pid in pids:  # the worker processes are gone
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
