@@ -631,6 +631,9 @@ async def _drive_runnable(call_future, state) -> None:
             state.pending = None
             if not p.done():
                 parked = getattr(state, "parked", True)
+                if parked and getattr(state, "on_park", None) is not None:
+                    state.on_park, on_park = None, state.on_park
+                    on_park()
                 _runnable[0] -= parked
                 # wait without taking `p` along if this task is cancelled (what asyncio.wait
                 # does, minus its bookkeeping)

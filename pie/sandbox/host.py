@@ -70,6 +70,7 @@ class GuestState:
     launcher: Callable[[str, str], asyncio.Future[str]] | None = None
     pending: Any = None  # the host future the guest's fiber is parked on (abi driver)
     parked: bool = True  # whether that future may take indefinitely (see abi.add_func)
+    on_park: Callable[[], None] | None = None  # called once, at the guest's first park
     fault: BaseException | None = None  # a result that could not be passed to the guest
     loop: asyncio.AbstractEventLoop | None = None  # thread mode: the loop host calls run on
     output: tuple = ()  # stdout/stderr line buffers (the sandbox flushes them at the end)

@@ -8,7 +8,9 @@
   `fs_scratch_dir`, `allow_network` lets WASI sockets out (deny by default otherwise).
 * Guests run as coroutines of the controller's loop (`mode="fiber"`): an import that waits
   on the engine parks the guest's wasmtime fiber, so every guest waiting on a forward pass can
-  join one batch. `mode="thread"` is the fallback: one OS thread per guest, each host call
+  join one batch. Guests start one at a time (`LaunchGate`): each is instantiated once the one
+  before it has parked for the first time, usually on its first forward pass, so a burst of
+  launches feeds the worker from the first one on instead of all reaching it together. `mode="thread"` is the fallback: one OS thread per guest, each host call
   hops to the loop and blocks its thread (same imports, same results, worse batching).
   `PIE_SANDBOX_MODE=thread` selects it when the sandbox is built with no explicit mode.
 
@@ -117,6 +119,41 @@ def python_program(payload: bytes, entry: str = "main", call: str = "input",
     return files, (f"{module}:{fn or 'main'}", call)
 
 
+class LaunchGate:
+    """Lets `slots` guests start at a time; a start ends at the guest's first park or end.
+
+    Guests share one event-loop thread and yield to each other every epoch tick, so a burst of
+    launches started together would advance in turns and reach their first forward pass all
+    at about the same time, the end of the burst, leaving the worker idle until then. Through
+    the gate the first guest reaches its first pass after one launch and the worker starts on
+    it while the next guests start. Guests already running still get their turns at every
+    tick. A start that has not parked after `budget_s` (a guest computing before its first
+    pass) lets the next one in anyway.
+    """
+
+    def __init__(self, slots: int = 1, budget_s: float = 0.1) -> None:
+        self.slots = slots
+        self.budget_s = budget_s
+        self._sem: asyncio.Semaphore | None = None
+
+    async def enter(self) -> Callable[[], None]:
+        """Wait for a slot; returns the idempotent `leave` (also called after `budget_s`)."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.slots)
+        await self._sem.acquire()
+        sem, left = self._sem, False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                timer.cancel()
+                sem.release()
+
+        timer = asyncio.get_running_loop().call_later(self.budget_s, leave)
+        return leave
+
+
 class Sandbox:
     def __init__(self, runtime_cfg: Any = None, *, python_snapshot: bool = True,
                  mode: str | None = None, tick_s: float = 0.01, yield_ticks: int = 1,
@@ -144,6 +181,7 @@ class Sandbox:
         self._ticker: threading.Thread | None = None
         self._sdk_files = runner.sdk_sources() if not python_snapshot else []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.launch_gate = LaunchGate()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -280,7 +318,9 @@ class Sandbox:
             store.set_limits(memory_size=self.policy.wasm_max_memory_mb << 20)
             if self.mode == "fiber":
                 abi.epoch_yield_every(store, self.yield_ticks)
-                coro = self._run_fiber(store, component, input)
+                # (waiting for the gate is not running: it does not count against the limit)
+                leave = await self.launch_gate.enter()
+                coro = self._run_fiber(store, component, input, leave)
             else:
                 state.loop = asyncio.get_running_loop()
                 # a thread cannot be cancelled: the wall-time limit becomes an epoch trap
@@ -304,12 +344,20 @@ class Sandbox:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _run_fiber(self, store: Store, component: Component, input: str):
-        inst = await abi.instantiate_async(self._linker, store, component)
-        run = inst.get_func(store, "run")
-        if run is None:
-            raise SandboxError("the component does not export run(input) -> result<string, string>")
-        return await abi.call_run_async(store, run, input)
+    async def _run_fiber(self, store: Store, component: Component, input: str,
+                         leave: Callable[[], None]):
+        state = store.data()
+        state.on_park = leave
+        try:
+            inst = await abi.instantiate_async(self._linker, store, component)
+            run = inst.get_func(store, "run")
+            if run is None:
+                raise SandboxError("the component does not export run(input) -> "
+                                   "result<string, string>")
+            return await abi.call_run_async(store, run, input)
+        finally:
+            state.on_park = None
+            leave()
 
     def _run_thread(self, store: Store, component: Component, input: str):
         abi.current.state = store.data()

@@ -5,7 +5,7 @@ import asyncio
 import json
 
 from pie.processes import ProcessManager
-from pie.sandbox.sandbox import Sandbox
+from pie.sandbox.sandbox import LaunchGate, Sandbox
 from pie.sandbox.testing import FakeEngine, make_program, reference_greedy
 
 LOOP = """
@@ -36,8 +36,10 @@ def test_guests_share_batches():
     for i, (kind, value) in enumerate(results):
         assert kind == "return", value
         assert json.loads(value) == reference_greedy([1 + i, 2, 3], 12, set())
-    # every step of all 8 guests ran as one batch
-    assert eng.batches == [8] * 12, eng.batches
+    # guests start one at a time, each once the one before has queued its first pass (the
+    # fake engine answers at once, so each start adds one guest to the batches); from then on
+    # every batch holds one pass of every live guest
+    assert eng.batches == list(range(1, 8)) + [8] * 5 + list(range(7, 0, -1)), eng.batches
 
 
 def test_thread_mode_gives_the_same_tokens():
@@ -77,3 +79,54 @@ async def main(input):
     for i, toks in enumerate(outs):
         assert toks == reference_greedy([5, 6, 7, 8, 10 + i], 5, set())
     assert eng.batches == [1] + [4] * 5, eng.batches
+
+
+STAMPED = """
+import inferlet
+async def main(input):
+    inferlet.session.send("start")
+    x = 0
+    for i in range(input["spin"]):  # computing before the first pass
+        x += i
+    ctx = inferlet.Context(inferlet.Model.load())
+    ctx.append([1, 2, 3])
+    return await ctx.generate_tokens(inferlet.Sampler.argmax(), max_tokens=1, ignore_eos=True)
+"""
+
+
+async def _starts(sandbox: Sandbox, spins: list[int]) -> list[int]:
+    """Launch one guest per entry at once; how many guests had submitted their (only) pass
+    when each guest's first message arrived."""
+    eng = FakeEngine()
+    pm = ProcessManager({"fake": eng}, None, sandbox=sandbox)
+    await pm.start()
+    prog = make_program(STAMPED)
+    seen: list[int] = []
+
+    def on_event(pid, kind, value):
+        if kind == "message":
+            seen.append(eng.forward_calls)
+
+    pids = [await pm.launch(prog, json.dumps({"spin": n}), "u", on_event) for n in spins]
+    for p in pids:
+        kind, value = await pm.wait(p)
+        assert kind == "return", value
+    await pm.shutdown()
+    return seen
+
+
+def test_a_burst_of_launches_reaches_the_engine_one_guest_after_another():
+    # a 1 ms epoch: unrestricted, the guests would take turns and start together
+    seen = asyncio.run(_starts(Sandbox(tick_s=0.001), [0] * 6))
+    assert seen == [0, 1, 2, 3, 4, 5], seen
+    ungated = Sandbox(tick_s=0.001)
+    ungated.launch_gate = LaunchGate(slots=100)
+    assert asyncio.run(_starts(ungated, [0] * 6))[-1] < 5  # what the gate prevents
+
+
+def test_a_guest_computing_before_its_first_pass_lets_the_next_one_start():
+    sb = Sandbox(tick_s=0.001)
+    sb.launch_gate = LaunchGate(slots=1, budget_s=0.02)
+    # the first guest spins for far longer than the budget before its first pass
+    seen = asyncio.run(_starts(sb, [1_000_000, 0]))
+    assert seen == [0, 0], seen  # the second started (and sent) before the first submitted
