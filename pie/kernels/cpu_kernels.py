@@ -82,6 +82,7 @@ namespace {
 typedef float v8f __attribute__((vector_size(32)));
 typedef unsigned short v8h __attribute__((vector_size(16)));
 typedef unsigned int v8u __attribute__((vector_size(32)));
+typedef int v8i __attribute__((vector_size(32)));
 
 inline v8f load8(const float* p) {
   v8f v;
@@ -135,7 +136,6 @@ inline v8f exp8(v8f x) {
   p = p * r + splat8(1.6666665459e-1f);
   p = p * r + splat8(5.0000001201e-1f);
   p = p * (r * r) + r + splat8(1.0f);
-  typedef int v8i __attribute__((vector_size(32)));
   v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
   v8f scale;
   std::memcpy(&scale, &e, sizeof scale);
@@ -329,7 +329,6 @@ std::vector<torch::Tensor> quantize_rows_as(torch::Tensor x, torch::ScalarType t
   const float* xp = x.data_ptr<float>();
   code_t* qp = q.data_ptr<code_t>();
   float* sp = s.data_ptr<float>();
-  typedef int v8i __attribute__((vector_size(32)));
   typedef code_t v8c __attribute__((vector_size(8)));
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -417,6 +416,17 @@ void scale_rows_(torch::Tensor y, torch::Tensor s, torch::Tensor bias) {
 // --- element-wise layers of a decoder block, one pass each (float32, rows in parallel) ---
 
 namespace {
+// row += d * s[i] (each product rounded before the add, as scale_rows_ rounds it), or
+// row += d when there is no row scale (s null)
+inline void add_row(float* row, const float* d, const float* s, int64_t i, int64_t h) {
+  if (s) {
+    const float r = s[i];
+    for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j] * r;
+  } else {
+    for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j];
+  }
+}
+
 inline void norm_row(const float* x, const float* w, float* y, int64_t h, float eps) {
   // 8 partial sums of squares, then the tail: a fixed order for a given h, so a row's
   // result does not depend on its batch
@@ -466,13 +476,7 @@ torch::Tensor add_rms_norm_(torch::Tensor x, torch::Tensor delta, torch::Tensor 
   at::parallel_for(0, t, 8, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       float* row = xp + i * h;
-      const float* d = dp + i * h;
-      if (sp) {
-        const float r = sp[i];
-        for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j] * r;
-      } else {
-        for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j];
-      }
+      add_row(row, dp + i * h, sp, i, h);
       norm_row(row, wp, yp + i * h, h, static_cast<float>(eps));
     }
   });
@@ -521,12 +525,7 @@ void add_scaled_(torch::Tensor x, torch::Tensor delta, torch::Tensor s) {
   float* xp = x.data_ptr<float>();
   const float *dp = delta.data_ptr<float>(), *sp = s.data_ptr<float>();
   at::parallel_for(0, t, 8, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      float* row = xp + i * h;
-      const float* d = dp + i * h;
-      const float r = sp[i];
-      for (int64_t j = 0; j < h; ++j) row[j] = row[j] + d[j] * r;
-    }
+    for (int64_t i = b; i < e; ++i) add_row(xp + i * h, dp + i * h, sp, i, h);
   });
 }
 

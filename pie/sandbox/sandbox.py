@@ -8,10 +8,9 @@
   `fs_scratch_dir`, `allow_network` lets WASI sockets out (deny by default otherwise).
 * Guests run as coroutines of the controller's loop (`mode="fiber"`): an import that waits
   on the engine parks the guest's wasmtime fiber, so every guest waiting on a forward pass can
-  join one batch. Guests start one at a time (`LaunchGate`): each is instantiated once the one
-  before it has parked for the first time, usually on its first forward pass, so a burst of
-  launches feeds the worker from the first one on instead of all reaching it together. `mode="thread"` is the fallback: one OS thread per guest, each host call
-  hops to the loop and blocks its thread (same imports, same results, worse batching).
+  join one batch; they start one at a time (`LaunchGate`). `mode="thread"` is the fallback:
+  one OS thread per guest, each host call hops to the loop and blocks its thread (same
+  imports, same results, worse batching).
   `PIE_SANDBOX_MODE=thread` selects it when the sandbox is built with no explicit mode.
 
 Called by `pie/processes.py` (`Sandbox.start`, `Sandbox.run`, `Sandbox.close`).
@@ -311,6 +310,7 @@ class Sandbox:
             raise SandboxError(f"too many inferlets are running (wasm_max_instances = "
                                f"{self.policy.wasm_max_instances}); wait or raise the limit")
         self.active += 1
+        leave = None
         wasi, scratch = self._wasi(state)
         store = Store(self._engine, data=state)
         try:
@@ -318,9 +318,9 @@ class Sandbox:
             store.set_limits(memory_size=self.policy.wasm_max_memory_mb << 20)
             if self.mode == "fiber":
                 abi.epoch_yield_every(store, self.yield_ticks)
-                # (waiting for the gate is not running: it does not count against the limit)
-                leave = await self.launch_gate.enter()
-                coro = self._run_fiber(store, component, input, leave)
+                # waiting at the gate is not running: it does not count against the limit
+                leave = state.on_park = await self.launch_gate.enter()
+                coro = self._run_fiber(store, component, input)
             else:
                 state.loop = asyncio.get_running_loop()
                 # a thread cannot be cancelled: the wall-time limit becomes an epoch trap
@@ -337,6 +337,8 @@ class Sandbox:
         except WasmtimeError as e:
             return False, self._trap_message(e)
         finally:
+            if leave is not None:  # a guest that never parked still holds its slot
+                leave()
             self.active -= 1
             for lines in getattr(state, "output", ()):
                 lines.flush()
@@ -344,20 +346,12 @@ class Sandbox:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _run_fiber(self, store: Store, component: Component, input: str,
-                         leave: Callable[[], None]):
-        state = store.data()
-        state.on_park = leave
-        try:
-            inst = await abi.instantiate_async(self._linker, store, component)
-            run = inst.get_func(store, "run")
-            if run is None:
-                raise SandboxError("the component does not export run(input) -> "
-                                   "result<string, string>")
-            return await abi.call_run_async(store, run, input)
-        finally:
-            state.on_park = None
-            leave()
+    async def _run_fiber(self, store: Store, component: Component, input: str):
+        inst = await abi.instantiate_async(self._linker, store, component)
+        run = inst.get_func(store, "run")
+        if run is None:
+            raise SandboxError("the component does not export run(input) -> result<string, string>")
+        return await abi.call_run_async(store, run, input)
 
     def _run_thread(self, store: Store, component: Component, input: str):
         abi.current.state = store.data()
