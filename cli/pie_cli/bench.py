@@ -60,7 +60,7 @@ async def main(input):
     ctx.cue()
     n = 0
     async for step in ctx.generate(inferlet.Sampler.argmax(), max_tokens=input["max_tokens"],
-                                   ignore_eos=True):
+                                   ignore_eos=True, burst=input.get("burst", 1)):
         out = await step.execute()
         n += len(out.tokens)
         inferlet.session.send(str(len(out.tokens)))
@@ -139,10 +139,17 @@ def _batch_delta(before: dict, after: dict) -> float | None:
 # -- the engine: through inferlets, and direct ------------------------------------------------
 
 
-async def run_pie(engine: Any, client: Any, prompts: list[str], output_tokens: int) -> RunResult:
-    """One bench inferlet per prompt, all launched in one request; a stamp per streamed token."""
+async def run_pie(
+    engine: Any, client: Any, prompts: list[str], output_tokens: int, burst: int = 1
+) -> RunResult:
+    """One bench inferlet per prompt, all launched in one request; a stamp per streamed token.
+
+    `burst` > 1: the inferlet reads (and streams) its tokens that many at a time."""
     service = next(iter(engine.engines.values()))
-    inputs = [{"system": SYSTEM, "prompt": p, "max_tokens": output_tokens} for p in prompts]
+    inputs = [
+        {"system": SYSTEM, "prompt": p, "max_tokens": output_tokens, "burst": burst}
+        for p in prompts
+    ]
     before = service.stats()
     t0 = time.perf_counter()
     procs = await client.launch_processes("bench-completion@0.1.0", inputs)
@@ -264,7 +271,13 @@ def median_run(runs: list[RunResult]) -> RunResult:
 
 
 async def run_engine(
-    cfg: Any, ns: list[int], output_tokens: int, direct: bool, say: Any, repeats: int = 1
+    cfg: Any,
+    ns: list[int],
+    output_tokens: int,
+    direct: bool,
+    say: Any,
+    repeats: int = 1,
+    burst: int = 1,
 ) -> list[RunResult]:
     """Every N through inferlets (and directly through the scheduler, when asked).
 
@@ -282,7 +295,9 @@ async def run_engine(
                 for system in order:
                     if system == "pie":
                         say(f"pie: {n} concurrent inferlets x {output_tokens} tokens")
-                        runs["pie"].append(await run_pie(engine, client, prompts, output_tokens))
+                        runs["pie"].append(
+                            await run_pie(engine, client, prompts, output_tokens, burst)
+                        )
                     elif direct:
                         say(f"direct: {n} sequences x {output_tokens} tokens")
                         runs["direct"].append(
@@ -645,11 +660,14 @@ def throughput(
     json_path: Path | None = None,
     quiet: bool = False,
     repeats: int = 1,
+    burst: int = 1,
 ) -> list[RunResult]:
     """Run the whole benchmark and print its table; returns the rows (used by bench/)."""
     ns = _numbers(concurrency, "--concurrency")
     if repeats < 1:
         raise UserError("--repeats must be at least 1.")
+    if not 1 <= burst <= 64:
+        raise UserError("--burst must be from 1 to 64 (tokens the inferlet reads per step).")
     if output_tokens < 2:
         raise UserError("--output-tokens must be at least 2 (TPOT needs two tokens).")
     for b in baselines or []:
@@ -667,7 +685,7 @@ def throughput(
 
     cfg = _bench_config(config, num_threads, omp_wait_policy)
     model = cfg.models[0]
-    results = _run_loop(run_engine(cfg, ns, output_tokens, direct, say, repeats))
+    results = _run_loop(run_engine(cfg, ns, output_tokens, direct, say, repeats, burst))
     threads = baseline_threads or os.cpu_count() or 1
     failed: list[str] = []
     for name, fn in (("transformers", run_transformers), ("llama-cpp", run_llama_cpp)):
@@ -737,6 +755,14 @@ def register(app: typer.Typer) -> None:
                 "--repeats", help="Runs per system and N, in alternating order; the median is kept."
             ),
         ] = 1,
+        burst: Annotated[
+            int,
+            typer.Option(
+                "--burst",
+                help="Tokens the bench inferlet reads per step (generate(burst=...)); 1 streams "
+                "every token as it comes.",
+            ),
+        ] = 1,
     ) -> None:
         """N concurrent text completions: tok/s, TTFT, TPOT and batch size, against baselines."""
         throughput(
@@ -751,6 +777,7 @@ def register(app: typer.Typer) -> None:
             json_out,
             quiet,
             repeats,
+            burst,
         )
 
     @bench.command("latency")

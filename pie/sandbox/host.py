@@ -53,6 +53,7 @@ EventSink = Callable[[str, object], None]
 
 _MAX_HANDLES = 1 << 16  # per table; a guest leaking handles gets an error, not host memory
 MAX_INBOX = 10_000  # unread client messages (and files) per process
+MAX_CHAIN = 64  # passes one forward-chain call may queue
 
 
 @dataclass
@@ -511,6 +512,74 @@ def inf_forward_next(st: GuestState, c: int, after: int, position: int, samplers
     return _submit(st, eng, req, ss.specs)
 
 
+def inf_forward_chain(st: GuestState, c: int, after: int, position: int, count: int,
+                      samplers: int, mask: list[int]) -> list[int]:
+    """`forward-next` `count` times, each pass fed by the one before (the first by `after`),
+    at positions `position`, `position + 1`, ...: one call queues several decode steps."""
+    if not 1 <= count <= MAX_CHAIN:
+        raise GuestError(f"a chain has 1 to {MAX_CHAIN} passes, not {count}")
+    handles: list[int] = []
+    try:
+        for i in range(count):
+            handles.append(inf_forward_next(st, c, handles[-1] if handles else after,
+                                            position + i, samplers, mask))
+    except GuestError:
+        # the passes queued so far have not run (nothing ran in between): withdraw them
+        for h in reversed(handles):
+            ent = st.futures.pop(h, None)
+            if ent is not None:
+                ent[1].cancel()
+        raise
+    return handles
+
+
+def _first_token(st: GuestState, h: int) -> int:
+    rows, specs = _output(st, h)
+    for r, s in zip(rows, specs):
+        if s.sample:
+            return r.token
+    raise GuestError(f"forward pass {h} samples no token")
+
+
+def inf_take_chain(st: GuestState, hs: list[int]) -> list[int]:
+    """The first sampled token of each pass, in order; every pass is released."""
+    try:
+        return [_first_token(st, h) for h in hs]
+    finally:
+        for h in hs:
+            st.futures.pop(h, None)
+
+
+def inf_wait_chain(st: GuestState, hs: list[int]) -> Any:
+    """`take-chain` once every pass in `hs` has finished (the guest waits in this call)."""
+    if not hs:
+        raise GuestError("wait-chain needs at least one forward pass")
+    futs = []
+    for h in hs:
+        kind, fut, _ = st.future(h)
+        if kind != "forward":
+            raise GuestError(f"future {h} is not a forward pass")
+        if not fut.done():
+            futs.append(fut)
+    if not futs:
+        return inf_take_chain(st, hs)
+    result = asyncio.get_running_loop().create_future()
+    left = [len(futs)]
+
+    def finish(_: asyncio.Future) -> None:
+        left[0] -= 1
+        if left[0] or result.done():
+            return
+        try:
+            result.set_result(inf_take_chain(st, hs))
+        except GuestError as e:
+            result.set_result(Err(str(e)))
+
+    for fut in futs:
+        fut.add_done_callback(finish)
+    return result
+
+
 def _output(st: GuestState, h: int) -> tuple[list[RowResult], list[SamplerSpec]]:
     kind, fut, meta = st.future(h)
     if kind != "forward":
@@ -822,7 +891,7 @@ def pl_release(st: GuestState, h: int) -> None:
 
 # Imports where a guest may wait indefinitely (for a batch, a message); in every other
 # waiting import it is about to continue (see `abi.runnable_guests`).
-PARKING = frozenset({"wait", "wait-tokens"})
+PARKING = frozenset({"wait", "wait-tokens", "wait-chain"})
 
 _R = RESULT
 IFACE = "pie:inferlet/{}@0.1.0"
@@ -872,6 +941,9 @@ IMPORTS: list[tuple[str, str, Callable, list[Ty], Ty | None, bool]] = [
     ("inference", "release-samplers", inf_release_samplers, [U32], None, False),
     ("inference", "forward-next", inf_forward_next, [U32, U32, U32, U32, LIST_U32], _R(U32),
      False),
+    ("inference", "forward-chain", inf_forward_chain, [U32, U32, U32, U32, U32, LIST_U32],
+     _R(LIST_U32), False),
+    ("inference", "wait-chain", inf_wait_chain, [LIST_U32], _R(LIST_U32), True),
     ("inference", "tokens", inf_tokens, [U32], _R(LIST_U32), False),
     ("inference", "take-tokens", inf_take_tokens, [U32], _R(LIST_U32), False),
     ("inference", "wait-tokens", inf_wait_tokens, [U32], _R(LIST_U32), True),

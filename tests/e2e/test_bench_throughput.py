@@ -62,6 +62,8 @@ def test_user_mistakes_are_one_clear_line(cli, monkeypatch):
     assert isinstance(e, UserError) and "comma" in str(e)
     e = cli("throughput", "--output-tokens", "1")
     assert isinstance(e, UserError) and "at least 2" in str(e)
+    e = cli("throughput", "--burst", "0")
+    assert isinstance(e, UserError) and "--burst" in str(e)
 
 
 @pytest.mark.e2e
@@ -73,13 +75,14 @@ def test_pie_and_direct_runs_on_the_real_engine(engine):
             await client.auth_by_token(engine.token)
             await client.install_program(BENCH_MANIFEST, BENCH_INFERLET.encode(), True)
             pie = await run_pie(engine.engine, client, workload_prompts(n), tokens)
+            burst = await run_pie(engine.engine, client, workload_prompts(n), tokens, 3)
         direct = await run_direct(
             engine.engine.engines["default"], workload_prompts(n), tokens, "test"
         )
-        return pie, direct
+        return pie, burst, direct
 
-    pie, direct = engine.on_engine_loop(body(), timeout=120)
-    for r in (pie, direct):
+    pie, burst, direct = engine.on_engine_loop(body(), timeout=120)
+    for r in (pie, burst, direct):
         assert r.n == n and r.tokens == n * tokens  # exactly `tokens` each: EOS is ignored
         assert len(r.ttft_s) == n and len(r.tpot_s) == n
         assert all(t > 0 for t in r.ttft_s + r.tpot_s)

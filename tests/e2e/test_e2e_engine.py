@@ -67,7 +67,8 @@ def _no_live_work(stats: dict) -> bool:
     return stats["processes"] == 0 and stats["contexts"] == 0 and stats["queued"] == 0
 
 
-def test_text_completion_equals_the_model_layers_greedy_output(engine, reference):
+@pytest.mark.parametrize("burst", [1, 3])
+def test_text_completion_equals_the_model_layers_greedy_output(engine, reference, burst):
     lm, gen = reference
     prompt = "What is the capital of France? Answer in one sentence."
     max_tokens = 24
@@ -78,7 +79,9 @@ def test_text_completion_equals_the_model_layers_greedy_output(engine, reference
     async def body():
         async with engine.client("alice") as c:
             ref_name = await c.install_path(EXAMPLES / "text_completion")
-            proc = await c.launch_process(ref_name, {"prompt": prompt, "max_tokens": max_tokens})
+            proc = await c.launch_process(
+                ref_name, {"prompt": prompt, "max_tokens": max_tokens, "burst": burst}
+            )
             deltas = [str(e.value) async for e in proc if e.kind == "message"]
             return proc, deltas
 

@@ -30,6 +30,20 @@ class Ahead:
         self.fed = -1  # the token it feeds, once the pass before it has been read
 
 
+class Chain:
+    """Passes a burst generation has queued past the last token it accepted.
+
+    `passes` holds (handle, position) in order; a handle of None is a pass that has finished
+    and is counted in the working tokens. `fed` is the token the first of them feeds. The
+    generation that queued them (`owner`) continues from them; anything else settles them.
+    """
+
+    __slots__ = ("fed", "owner", "passes")
+
+    def __init__(self, owner: object, passes: list[tuple[int | None, int]], fed: int) -> None:
+        self.owner, self.passes, self.fed = owner, passes, fed
+
+
 class Context:
     """A KV cache handle owned by this inferlet. Use as a context manager to release it."""
 
@@ -47,7 +61,7 @@ class Context:
         self._turn_open = False  # after cue(), until the generated reply is recorded
         self._released = False
         self._inflight = 0  # input tokens of passes submitted and not yet completed
-        self._ahead: Ahead | None = None  # a chained pass a generation queued ahead
+        self._ahead: Ahead | Chain | None = None  # chained passes a generation queued ahead
 
     # --- chat fills (no engine work until the next pass) ----------------------------------
 
@@ -188,6 +202,35 @@ class Context:
         self._inflight += 1
         return handle
 
+    def _submit_chain(self, after: int, position: int, count: int, samplers: int,
+                      mask: list[int]) -> list[int]:
+        """Queue `count` one-token passes, each fed by the one before (the first by `after`)."""
+        self._reserve_for(count)
+        handles = call(_inf.forward_chain, self._h, after, position, count, samplers, mask)
+        self._inflight += count
+        return handles
+
+    async def _wait_chain(self, handles: list[int], n: int) -> list[int]:
+        """Wait for passes of `n` input tokens in all; the first sampled token of each."""
+        try:
+            if not _loop.idle():
+                for h in handles:
+                    await _loop.wait_for(h)
+            return call(_inf.wait_chain, handles)
+        finally:
+            self._inflight -= n
+
+    def _account(self, n: int, commit: bool = True) -> None:
+        """`n` more input tokens are in the KV; commit the working pages they fill."""
+        self.working_tokens += n
+        self.seq_len += n
+        full = self.working_tokens // self.page_size if commit else 0
+        if full:
+            call(_ctx.commit_pages, self._h, full)
+            self.committed_pages += full
+            self.working_pages -= full
+            self.working_tokens -= full * self.page_size
+
     async def _complete(self, handle: int, n: int, positions: list[int],
                         slots: list[tuple[int, Sampler | Probe]], commit: bool = True) -> Output:
         """Wait for a submitted pass, then account its tokens and commit full pages."""
@@ -226,6 +269,17 @@ class Context:
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return
+        if isinstance(ahead, Chain):
+            running = [h for h, _ in ahead.passes if h is not None]
+            if running:
+                await self._wait_chain(running, len(running))
+                self._account(len(running), commit=False)
+            n = len(ahead.passes)
+            call(_ctx.truncate_tokens, self._h, n)
+            self.working_tokens -= n
+            self.seq_len -= n
+            self._buffer.insert(0, ahead.fed)
+            return
         out = await self._complete(ahead.handle, 1, [ahead.position], ahead.slots, commit=False)
         out.release()
         call(_ctx.truncate_tokens, self._h, 1)
@@ -241,26 +295,32 @@ class Context:
     def generate(self, sampler: Sampler | None = None, *, max_tokens: int = 256,
                  stop: list[int] | None = None, constrain: Any = None,
                  logit_mask: list[int] | None = None, ignore_eos: bool = False,
-                 probes: list[Probe] | None = None, lookahead: bool = True):
+                 probes: list[Probe] | None = None, lookahead: bool = True, burst: int = 1):
         """Steps of token generation (see `inferlet.generation`).
 
         `lookahead` (default on, off with a constraint) queues step k+1, fed by the token step
         k samples, before the inferlet reads step k, so the engine never waits for the
         inferlet between steps. A generation that ends on a stop token then computes one
         extra step, whose output is discarded.
+
+        `burst` > 1 makes each step read up to that many tokens: the engine runs the passes
+        chained one after another and the inferlet wakes once per burst, which saves it
+        per-token work (tokens then arrive in groups). A stop token inside a burst ends the
+        generation there; the passes computed past it (at most `burst`) are discarded. Bursts
+        read tokens only: they cannot be combined with constraints or probes.
         """
         from .generation import Generator
 
         return Generator(self, sampler or Sampler.argmax(), max_tokens=max_tokens, stop=stop,
                          constrain=constrain, logit_mask=logit_mask, ignore_eos=ignore_eos,
-                         probes=probes, lookahead=lookahead)
+                         probes=probes, lookahead=lookahead, burst=burst)
 
     async def generate_text(self, sampler: Sampler | None = None, *, max_tokens: int = 256,
                             stop: list[int] | None = None, constrain: Any = None,
-                            ignore_eos: bool = False, on_text=None) -> str:
+                            ignore_eos: bool = False, on_text=None, burst: int = 1) -> str:
         """Generate and return the decoded text (without the final stop token)."""
         gen = self.generate(sampler, max_tokens=max_tokens, stop=stop, constrain=constrain,
-                            ignore_eos=ignore_eos)
+                            ignore_eos=ignore_eos, burst=burst)
         return await gen.collect_text(on_text=on_text)
 
     async def generate_tokens(self, sampler: Sampler | None = None, **kw: Any) -> list[int]:

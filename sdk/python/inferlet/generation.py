@@ -12,6 +12,13 @@ inferlet handles step k's token. A generation that stops on a stop token has alr
 pass that feeds the stop token; when the loop ends (or at the context's next operation) that
 pass is undone (`Context.settle`), so the context ends exactly as without lookahead. Input
 appended to the context between steps is handled the same way.
+
+Bursts (`burst=B` > 1): the first step reads the input pass's token alone (the time to the
+first token does not change); after that, each step waits for B passes, each chained to the one
+before it (`inference.forward-chain`), and reads their tokens in one call
+(`inference.wait-chain`). The pass after them is already queued by then, so the engine keeps
+running while the inferlet handles the burst, and the inferlet wakes once per B tokens instead
+of once per token. Passes past a stop token (at most B) are undone like the lookahead pass.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 from wit_world.imports import poll as _poll
 
 from ._errors import PieError
-from .context import Ahead
+from .context import Ahead, Chain
 from .forward import Output, register_samplers, release_samplers
 from .sampler import Probe, Sampler
 
@@ -66,9 +73,15 @@ class GenStep:
 class Generator:
     def __init__(self, ctx, sampler: Sampler, *, max_tokens: int, stop: list[int] | None,
                  constrain: Any, logit_mask: list[int] | None, ignore_eos: bool,
-                 probes: list[Probe] | None, lookahead: bool = True) -> None:
+                 probes: list[Probe] | None, lookahead: bool = True, burst: int = 1) -> None:
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
+        if not (isinstance(burst, int) and 1 <= burst <= 64):
+            raise ValueError(f"burst must be an integer from 1 to 64, got {burst!r}")
+        if burst > 1 and (constrain is not None or probes or not lookahead):
+            raise ValueError("burst > 1 reads tokens only: it needs lookahead and cannot be "
+                             "combined with constraints or probes (use burst=1 for those)")
+        self.burst = burst
         self.ctx = ctx
         self.sampler = sampler
         self.max_tokens = max_tokens
@@ -112,6 +125,8 @@ class Generator:
     async def _step(self) -> StepOutput:
         if self.done:
             raise PieError("this generation is finished")
+        if self.burst > 1:
+            return await self._burst_step()
         ctx = self.ctx
         ahead = ctx._ahead
         if ahead is not None and (ctx._buffer or ctx._text):
@@ -168,6 +183,70 @@ class Generator:
             self._release_samplers()
             ctx._close_turn(self.generated, self.stopped_by)
         return StepOutput([tok], out, self._probe_slots)
+
+    async def _burst_step(self) -> StepOutput:
+        ctx = self.ctx
+        ahead = ctx._ahead
+        if ahead is not None and (ctx._buffer or ctx._text or not isinstance(ahead, Chain)
+                                  or ahead.owner is not self):
+            ahead = None  # new input, or passes queued by something else: settle them first
+        if ahead is None:
+            await ctx.settle()
+            tokens = ctx._take_buffer()
+            if not tokens:
+                self.done = True
+                raise PieError("nothing to generate from: the context has no pending input; "
+                               "append at least one token (e.g. the next turn) first")
+            pos = ctx.seq_len + len(tokens) - 1
+            handle = ctx._submit(tokens, list(range(ctx.seq_len, pos + 1)),
+                                 self._slots(len(tokens) - 1), [], self._mask)
+            passes = [(handle, len(tokens), pos)]
+            size = 1  # the first token comes alone, as soon as the input pass has run
+        else:
+            ctx._ahead = None
+            passes = [(h, 1, p) for h, p in ahead.passes]  # a chain of this generation: queued
+            size = self.burst
+        # keep one pass queued past this step, never more than the tokens still wanted
+        want = min(size + 1, self.max_tokens - len(self.generated))
+        if len(passes) < want:
+            if self._samplers is None:
+                self._samplers = register_samplers(self._next_slots)
+            last, _, pos = passes[-1]
+            handles = ctx._submit_chain(last, pos + 1, want - len(passes), self._samplers,
+                                        self._mask)
+            passes += [(h, 1, pos + 1 + i) for i, h in enumerate(handles)]
+        group, rest = passes[:size], passes[size:]
+        try:
+            toks = await ctx._wait_chain([h for h, _, _ in group], sum(n for _, n, _ in group))
+        except BaseException:
+            for h, n, _ in rest:  # chained to the group: they fail with it
+                ctx._inflight -= n
+                _poll.release(h)
+            self.done = True
+            self._release_samplers()
+            raise
+        accepted = len(toks)
+        for i, tok in enumerate(toks):
+            if tok in self.stop:
+                self.done, self.stopped_by, accepted = True, tok, i + 1
+                break
+        toks = toks[:accepted]
+        self.generated.extend(toks)
+        if len(self.generated) >= self.max_tokens:
+            self.done = True
+        self._last = [toks[-1]]
+        ctx._account(sum(n for _, n, _ in group[:accepted]))
+        undone = group[accepted:]  # finished passes that fed tokens past the stop token
+        if undone or rest:
+            ctx._account(len(undone), commit=False)
+            ctx._ahead = Chain(self, [(None, p) for _, _, p in undone]
+                               + [(h, p) for h, _, p in rest], toks[-1])
+        else:
+            ctx._buffer.append(toks[-1])
+        if self.done:
+            self._release_samplers()
+            ctx._close_turn(self.generated, self.stopped_by)
+        return StepOutput(toks, Output.taken(toks, [self.sampler]), [])
 
     def _release_samplers(self) -> None:
         if self._samplers is not None:

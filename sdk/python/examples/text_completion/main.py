@@ -1,7 +1,8 @@
 """Chat text completion, streamed to the client as it is generated.
 
-Input: {"prompt": str, "system": str, "max_tokens": int, "temperature": float}
-Events: one `message` per decoded text delta; returns the full reply.
+Input: {"prompt": str, "system": str, "max_tokens": int, "temperature": float, "burst": int}
+Events: one `message` per decoded text delta; returns the full reply. `burst` > 1 reads that
+many tokens per step (fewer wake-ups of the inferlet, deltas in bigger pieces).
 """
 
 import inferlet
@@ -19,7 +20,8 @@ async def main(input: dict) -> str:
                else inferlet.Sampler.argmax())
     decoder = chat.Decoder(model)
     text = ""
-    async for step in ctx.generate(sampler, max_tokens=int(input.get("max_tokens", 128))):
+    async for step in ctx.generate(sampler, max_tokens=int(input.get("max_tokens", 128)),
+                                   burst=int(input.get("burst", 1))):
         out = await step.execute()
         event = decoder.feed(out.tokens)
         if isinstance(event, chat.Delta):
