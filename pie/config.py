@@ -141,7 +141,8 @@ class RuntimeConfig(msgspec.Struct, kw_only=True):
     wasm_warm_memory_mb: int = 0
     """Per-slot warm memory pre-mapped at startup, in MiB."""
     wasm_warm_slots: int = 100
-    """Number of instance slots kept warm."""
+    """Idle inferlet instances kept for reuse: a later launch of the same program by the same
+    user runs on one (fresh program state, no instantiation); 0 gives every launch a fresh one."""
     allow_fs: bool = False
     """Give every inferlet a private /scratch directory under fs_scratch_dir."""
     fs_scratch_dir: str = msgspec.field(default_factory=_default_scratch_dir)

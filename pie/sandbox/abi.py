@@ -395,6 +395,15 @@ _PENDING: dict[int, list] = {}
 _ids = itertools.count(1)
 
 
+def rebind(store: Any, state: Any) -> None:
+    """Make `state` the Store's data (a reused instance serving a new process)."""
+    ctx = store._context()
+    old = ffi.wasmtime_context_get_data(ctx)
+    ffi.wasmtime_context_set_data(ctx, _wv._intern(state))
+    if old:
+        _wv.SLAB.deallocate(old - 1)  # wasmtime-py's interned ids are off by one
+
+
 def state_of(context) -> Any:
     """The Python object stored as the Store's data."""
     return _wv._unintern(ffi.wasmtime_context_get_data(context))

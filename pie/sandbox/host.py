@@ -78,6 +78,7 @@ class GuestState:
     return_value: str | None = None
     started: float = field(default_factory=time.monotonic)
     closed: bool = False
+    program_key: tuple = ()  # names the program (the sandbox reuses instances per program)
 
     def __post_init__(self) -> None:
         self.models: dict[int, str] = {}
@@ -94,6 +95,13 @@ class GuestState:
         self._file_waiters: list[asyncio.Future] = []
 
     # --- handles -------------------------------------------------------------------------
+
+    def next_handle_number(self) -> int:
+        return self._next
+
+    def skip_handles(self, n: int) -> None:
+        """Number handles from `n` on (a reused instance never sees an old number again)."""
+        self._next = max(self._next, n)
 
     def new_handle(self, table: dict, value: Any) -> int:
         if len(table) >= _MAX_HANDLES:

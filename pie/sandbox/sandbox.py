@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class RuntimePolicy:
     fs_scratch_dir: str = ""
     allow_network: bool = True
     network_allowed_hosts: tuple[str, ...] = ("*",)
+    wasm_warm_slots: int = 100
 
     @classmethod
     def of(cls, cfg: Any) -> RuntimePolicy:
@@ -78,7 +80,76 @@ class RuntimePolicy:
             fs_scratch_dir=str(get("fs_scratch_dir", "") or ""),
             allow_network=bool(get("allow_network", d.allow_network)),
             network_allowed_hosts=tuple(get("network_allowed_hosts", d.network_allowed_hosts)),
+            wasm_warm_slots=int(get("wasm_warm_slots", d.wasm_warm_slots)),
         )
+
+
+@dataclass(slots=True)
+class _Warm:
+    """An idle guest instance kept for the next launch of the same program by the same user."""
+
+    store: Store
+    run: Any  # the instance's exported `run`
+    output: tuple  # its stdout/stderr writers (`_Lines`), re-pointed at each process
+    next_handle: int  # handle numbers continue, so a stale one never names a new object
+    idle_since: float
+
+
+class WarmPool:
+    """Idle instances by (component, program, user), at most `slots` in all (oldest go first).
+
+    A launch takes an idle instance of its own program and user when there is one; the
+    instance then skips instantiation and the page faults of a fresh copy of the runner's
+    memory. Only instances whose `run` returned are kept (not one that trapped, was stopped or
+    timed out), never for more than `ttl_s` idle, and each run starts with a fresh loop,
+    fresh program modules and fresh host-side state.
+    """
+
+    def __init__(self, slots: int, ttl_s: float = 300.0) -> None:
+        self.slots = slots
+        self.ttl_s = ttl_s
+        self._idle: dict[tuple, list[_Warm]] = {}
+        self.count = 0
+        self.hits = 0
+        self.misses = 0
+
+    def take(self, key: tuple, now: float) -> _Warm | None:
+        self._expire(now)
+        ents = self._idle.get(key)
+        if not ents:
+            self.misses += 1
+            return None
+        warm = ents.pop()
+        if not ents:
+            del self._idle[key]
+        self.count -= 1
+        self.hits += 1
+        return warm
+
+    def put(self, key: tuple, warm: _Warm) -> None:
+        if self.slots <= 0:
+            return
+        self._idle.setdefault(key, []).append(warm)
+        self.count += 1
+        while self.count > self.slots:  # drop the longest idle one
+            oldest = min(self._idle, key=lambda k: self._idle[k][0].idle_since)
+            self._drop(oldest, 0)
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, ents in self._idle.items() if now - ents[0].idle_since > self.ttl_s]:
+            while key in self._idle and now - self._idle[key][0].idle_since > self.ttl_s:
+                self._drop(key, 0)
+
+    def _drop(self, key: tuple, i: int) -> None:
+        ents = self._idle[key]
+        ents.pop(i)
+        if not ents:
+            del self._idle[key]
+        self.count -= 1
+
+    def clear(self) -> None:
+        self._idle.clear()
+        self.count = 0
 
 
 def python_program(payload: bytes, entry: str = "main", call: str = "input",
@@ -181,6 +252,9 @@ class Sandbox:
         self._sdk_files = runner.sdk_sources() if not python_snapshot else []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.launch_gate = LaunchGate()
+        # a reused instance would keep the first process's /scratch preopen
+        self.warm = WarmPool(0 if self.policy.allow_fs or mode != "fiber"
+                             else self.policy.wasm_warm_slots)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -207,6 +281,7 @@ class Sandbox:
             engine.increment_epoch()
 
     def close(self) -> None:
+        self.warm.clear()
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=1)
@@ -301,6 +376,7 @@ class Sandbox:
             self._prepared[key] = prepared
         state.files, state.entry = prepared
         state.sdk_files = self._sdk_files
+        state.program_key = key
 
     async def run(self, state: GuestState, component: Component, input: str) -> tuple[bool, str]:
         """Instantiate and run a guest to the end: (ok, return text or error message)."""
@@ -311,16 +387,29 @@ class Sandbox:
                                f"{self.policy.wasm_max_instances}); wait or raise the limit")
         self.active += 1
         leave = None
-        wasi, scratch = self._wasi(state)
-        store = Store(self._engine, data=state)
+        key = (id(component), state.program_key, state.user)
+        warm = self.warm.take(key, time.monotonic()) if self.warm.slots > 0 else None
+        scratch = None
+        if warm is None:
+            wasi, scratch = self._wasi(state)
+            store = Store(self._engine, data=state)
+        else:
+            store = warm.store
+            abi.rebind(store, state)
+            for lines in warm.output:
+                lines.state = state
+            state.output = warm.output
+            state.skip_handles(warm.next_handle)
         try:
-            store.set_wasi(wasi)
-            store.set_limits(memory_size=self.policy.wasm_max_memory_mb << 20)
+            if warm is None:
+                store.set_wasi(wasi)
+                store.set_limits(memory_size=self.policy.wasm_max_memory_mb << 20)
             if self.mode == "fiber":
-                abi.epoch_yield_every(store, self.yield_ticks)
+                if warm is None:
+                    abi.epoch_yield_every(store, self.yield_ticks)
                 # waiting at the gate is not running: it does not count against the limit
                 leave = state.on_park = await self.launch_gate.enter()
-                coro = self._run_fiber(store, component, input)
+                coro = self._run_fiber(store, component, input, key, warm)
             else:
                 state.loop = asyncio.get_running_loop()
                 # a thread cannot be cancelled: the wall-time limit becomes an epoch trap
@@ -341,17 +430,31 @@ class Sandbox:
                 leave()
             self.active -= 1
             for lines in getattr(state, "output", ()):
-                lines.flush()
+                if lines.state is state:  # not yet handed to the next process
+                    lines.flush()
             state.close()
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _run_fiber(self, store: Store, component: Component, input: str):
-        inst = await abi.instantiate_async(self._linker, store, component)
-        run = inst.get_func(store, "run")
-        if run is None:
-            raise SandboxError("the component does not export run(input) -> result<string, string>")
-        return await abi.call_run_async(store, run, input)
+    async def _run_fiber(self, store: Store, component: Component, input: str, key: tuple,
+                         warm: _Warm | None):
+        if warm is None:
+            inst = await abi.instantiate_async(self._linker, store, component)
+            run = inst.get_func(store, "run")
+            if run is None:
+                raise SandboxError(
+                    "the component does not export run(input) -> result<string, string>")
+        else:
+            run = warm.run
+        result = await abi.call_run_async(store, run, input)
+        # `run` returned (with a value or the guest's own error): the instance is whole
+        state = store.data()
+        if self.warm.slots > 0 and not state.closed:
+            for lines in state.output:  # what this process printed is its own
+                lines.flush()
+            self.warm.put(key, _Warm(store, run, state.output, state.next_handle_number(),
+                                     time.monotonic()))
+        return result
 
     def _run_thread(self, store: Store, component: Component, input: str):
         abi.current.state = store.data()

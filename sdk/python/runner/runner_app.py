@@ -6,7 +6,9 @@ host hands over the program's files (`runner.program-files`), the runner install
 for them, imports the entry module and drives its async entry function on the SDK's guest
 loop. The return value, JSON-encoded unless it is a string, is the process's return.
 
-Called by the host (`pie/sandbox/`) through the exported `run` function.
+Called by the host (`pie/sandbox/`) through the exported `run` function, once per process; the
+host may call `run` again on the same instance for a later launch of the same program by the
+same user (each run gets a fresh guest loop and executes the program's modules afresh).
 """
 
 # Standard-library modules inferlets may import: componentize-py only bundles what the app
@@ -106,6 +108,7 @@ class WitWorld(wit_world.WitWorld):
     def run(self, input: str) -> str:
         importer = None
         sdk_importer = None
+        module_name = ""
         try:
             sdk = dict(_runner.sdk_files())
             if sdk:  # snapshot off: import the SDK afresh from source
@@ -146,6 +149,11 @@ class WitWorld(wit_world.WitWorld):
             for imp in (importer, sdk_importer):
                 if imp is not None and imp in sys.meta_path:
                     sys.meta_path.remove(imp)
+            # the host may run this instance again for the next launch of the program: that
+            # run executes the program's modules afresh
+            names = list(importer.modules) if importer is not None else [module_name]
+            for name in names:
+                sys.modules.pop(name, None)
             sys.stdout.flush()
             sys.stderr.flush()
         if result is None:
