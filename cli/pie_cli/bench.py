@@ -557,11 +557,17 @@ def _isolated(
 # -- the table --------------------------------------------------------------------------------
 
 
-def format_table(results: list[RunResult], output_tokens: int, first: str = "N") -> str:
+def format_table(
+    results: list[RunResult], output_tokens: int, first: str = "N", burst: int = 1
+) -> str:
     """One markdown table: a row per (N, system), with ratios against `pie` at the same N."""
     pie_rate = {r.n: r.tok_per_s for r in results if r.system == "pie"}
+    how = f"; the inferlets read tokens in bursts of {burst}" if burst > 1 else ""
     lines = [
-        f"{output_tokens} new tokens per sequence; pie / system = pie's tok/s over the row's.",
+        (
+            f"{output_tokens} new tokens per sequence{how}; pie / system = pie's tok/s over "
+            "the row's."
+        ),
         "",
         (
             f"| {first} | system | tok/s | pie / system | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | "
@@ -694,7 +700,7 @@ def throughput(
             results += rows
             if error:
                 failed.append(f"baseline {name} failed: {error}")
-    typer.echo(format_table(results, output_tokens))
+    typer.echo(format_table(results, output_tokens, burst=burst))
     for line in failed:
         typer.echo(f"bench: {line}", err=True)
     if json_path is not None:

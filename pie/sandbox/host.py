@@ -501,9 +501,10 @@ def _chained_from(st: GuestState, c: int, after: int) -> tuple[ForwardRequest, E
     return prev, eng
 
 
-def inf_forward_next(st: GuestState, c: int, after: int, position: int, samplers: int,
-                     mask: list[int]) -> int:
-    """`forward-after` of no further tokens, one position and registered samplers."""
+def _next_checked(st: GuestState, c: int, after: int, samplers: int, mask: list[int],
+                  ) -> tuple[ForwardRequest, EngineService, int, SamplerSet]:
+    """What a one-token chained pass needs, checked: (the pass it follows, its model, the
+    context id, the registered samplers)."""
     prev, eng = _chained_from(st, c, after)
     cid = st.context(c)[1]
     ss = st.sampler_sets.get(samplers)
@@ -515,6 +516,13 @@ def inf_forward_next(st: GuestState, c: int, after: int, position: int, samplers
         raise GuestError(f"sampler index {ss.max_index} is past the 1 input tokens")
     if ss.lp_max >= vocab:
         raise GuestError(f"log-prob id {ss.lp_max} is out of range (vocabulary size {vocab})")
+    return prev, eng, cid, ss
+
+
+def inf_forward_next(st: GuestState, c: int, after: int, position: int, samplers: int,
+                     mask: list[int]) -> int:
+    """`forward-after` of no further tokens, one position and registered samplers."""
+    prev, eng, cid, ss = _next_checked(st, c, after, samplers, mask)
     req = ForwardRequest(ctx=cid, tokens=[0], positions=[position], outputs=list(ss.outputs),
                          logit_mask=mask or None, after=prev)
     return _submit(st, eng, req, ss.specs)
@@ -526,11 +534,20 @@ def inf_forward_chain(st: GuestState, c: int, after: int, position: int, count: 
     at positions `position`, `position + 1`, ...: one call queues several decode steps."""
     if not 1 <= count <= MAX_CHAIN:
         raise GuestError(f"a chain has 1 to {MAX_CHAIN} passes, not {count}")
+    prev, eng, cid, ss = _next_checked(st, c, after, samplers, mask)
+    submit, add, specs = eng.submit_forward, st.add_future, ss.specs
+    outputs, lmask = ss.outputs, mask or None
     handles: list[int] = []
     try:
-        for i in range(count):
-            handles.append(inf_forward_next(st, c, handles[-1] if handles else after,
-                                            position + i, samplers, mask))
+        for pos in range(position, position + count):
+            req = ForwardRequest(ctx=cid, tokens=[0], positions=[pos], outputs=list(outputs),
+                                 logit_mask=lmask, after=prev)
+            try:
+                fut = submit(st.pid, req)
+            except EngineError as e:
+                raise GuestError(str(e)) from None
+            handles.append(add("forward", fut, (specs, req, eng)))
+            prev = req
     except GuestError:
         # the passes queued so far have not run (nothing ran in between): withdraw them
         for h in reversed(handles):
