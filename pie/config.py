@@ -139,7 +139,8 @@ class RuntimeConfig(msgspec.Struct, kw_only=True):
     wasm_max_memory_mb: int = 4096
     """Maximum linear memory per inferlet instance, in MiB."""
     wasm_warm_memory_mb: int = 0
-    """Per-slot warm memory pre-mapped at startup, in MiB."""
+    """Accepted for compatibility with existing configs; no effect (nothing is pre-mapped: idle
+    instances are kept whole instead, see wasm_warm_slots)."""
     wasm_warm_slots: int = 100
     """Idle inferlet instances kept for reuse: a later launch of the same program by the same
     user runs on one (fresh program state, no instantiation); 0 gives every launch a fresh one."""
