@@ -389,6 +389,23 @@ def _row(raw: np.ndarray, logits: np.ndarray, spec) -> RowResult:
 # --- running inferlets in tests -----------------------------------------------------------
 
 
+class CountingEngine(FakeEngine):
+    """A FakeEngine that counts chained passes and the most passes in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inflight = self.peak = self.chained = 0
+
+    async def forward(self, pid: str, req: ForwardRequest) -> list[RowResult]:
+        self.chained += req.after is not None
+        self.inflight += 1
+        self.peak = max(self.peak, self.inflight)
+        try:
+            return await super().forward(pid, req)
+        finally:
+            self.inflight -= 1
+
+
 def make_program(source: str | bytes, name: str = "test", version: str = "0.1.0",
                  entry: str = "main", call: str = "input"):
     """A Python `Program` from source text (or zip bytes)."""

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from pie.sandbox.testing import EOT, FakeEngine, reference_greedy, run_inferlet
+from pie.sandbox.testing import EOT, CountingEngine, FakeEngine, reference_greedy, run_inferlet
 
 PROGRAM = """
 import inferlet
@@ -90,23 +90,8 @@ def test_bursts_change_nothing_but_the_grouping(burst):
     assert sum(sizes) == 6
 
 
-class Counting(FakeEngine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inflight = self.peak = self.chained = 0
-
-    async def forward(self, pid, req):
-        self.chained += req.after is not None
-        self.inflight += 1
-        self.peak = max(self.peak, self.inflight)
-        try:
-            return await super().forward(pid, req)
-        finally:
-            self.inflight -= 1
-
-
 def test_a_burst_keeps_one_pass_queued_past_it():
-    eng = Counting()
+    eng = CountingEngine()
     _run(4, 4, stop=EOT, engine=eng)
     assert eng.peak == 5 and eng.chained > 20  # a burst of 4 and the pass after it
 

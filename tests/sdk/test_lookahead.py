@@ -8,7 +8,14 @@ final state and what a following turn sees must not change.
 import asyncio
 import json
 
-from pie.sandbox.testing import EOT, IM_END, FakeEngine, reference_greedy, run_inferlet
+from pie.sandbox.testing import (
+    EOT,
+    IM_END,
+    CountingEngine,
+    FakeEngine,
+    reference_greedy,
+    run_inferlet,
+)
 
 PROGRAM = """
 import inferlet
@@ -72,25 +79,9 @@ def test_lookahead_changes_nothing_the_inferlet_sees():
 
 
 def test_lookahead_keeps_one_pass_in_flight():
-    class Counting(FakeEngine):
-        def __init__(self):
-            super().__init__()
-            self.inflight = 0
-            self.peak = 0
-            self.chained = 0
-
-        async def forward(self, pid, req):
-            self.chained += req.after is not None
-            self.inflight += 1
-            self.peak = max(self.peak, self.inflight)
-            try:
-                return await super().forward(pid, req)
-            finally:
-                self.inflight -= 1
-
-    eng = Counting()
+    eng = CountingEngine()
     _run(True, stop=EOT, engine=eng)
     assert eng.peak == 2 and eng.chained > 20
-    eng = Counting()
+    eng = CountingEngine()
     _run(False, stop=IM_END, engine=eng)
     assert eng.peak == 1 and eng.chained == 0

@@ -220,10 +220,11 @@ class Context:
         finally:
             self._inflight -= n
 
-    def _account(self, n: int, commit: bool = True) -> None:
-        """`n` more input tokens are in the KV; commit the working pages they fill."""
+    def _account(self, n: int, commit: bool = True, end: int = 0) -> None:
+        """`n` more input tokens are in the KV (the sequence reaching at least position `end`);
+        commit the working pages they fill."""
         self.working_tokens += n
-        self.seq_len += n
+        self.seq_len = max(self.seq_len + n, end)
         full = self.working_tokens // self.page_size if commit else 0
         if full:
             call(_ctx.commit_pages, self._h, full)
@@ -246,14 +247,7 @@ class Context:
             self._inflight -= n
         if out is None:
             out = Output(handle, kinds)
-        self.working_tokens += n
-        self.seq_len = max(self.seq_len + n, max(positions) + 1)
-        full = self.working_tokens // self.page_size if commit else 0
-        if full:
-            call(_ctx.commit_pages, self._h, full)
-            self.committed_pages += full
-            self.working_pages -= full
-            self.working_tokens -= full * self.page_size
+        self._account(n, commit, max(positions) + 1)
         return out
 
     async def settle(self) -> None:
