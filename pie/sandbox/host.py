@@ -535,18 +535,12 @@ def inf_forward_chain(st: GuestState, c: int, after: int, position: int, count: 
     if not 1 <= count <= MAX_CHAIN:
         raise GuestError(f"a chain has 1 to {MAX_CHAIN} passes, not {count}")
     prev, eng, cid, ss = _next_checked(st, c, after, samplers, mask)
-    submit, add, specs = eng.submit_forward, st.add_future, ss.specs
-    outputs, lmask = ss.outputs, mask or None
     handles: list[int] = []
     try:
         for pos in range(position, position + count):
-            req = ForwardRequest(ctx=cid, tokens=[0], positions=[pos], outputs=list(outputs),
-                                 logit_mask=lmask, after=prev)
-            try:
-                fut = submit(st.pid, req)
-            except EngineError as e:
-                raise GuestError(str(e)) from None
-            handles.append(add("forward", fut, (specs, req, eng)))
+            req = ForwardRequest(ctx=cid, tokens=[0], positions=[pos], outputs=list(ss.outputs),
+                                 logit_mask=mask or None, after=prev)
+            handles.append(_submit(st, eng, req, ss.specs))
             prev = req
     except GuestError:
         # the passes queued so far have not run (nothing ran in between): withdraw them

@@ -129,20 +129,19 @@ class WarmPool:
     def put(self, key: tuple, warm: _Warm) -> None:
         if self.slots <= 0:
             return
-        self._idle.setdefault(key, []).append(warm)
+        self._idle.setdefault(key, []).append(warm)  # each list is oldest first
         self.count += 1
         while self.count > self.slots:  # drop the longest idle one
-            oldest = min(self._idle, key=lambda k: self._idle[k][0].idle_since)
-            self._drop(oldest, 0)
+            self._drop_oldest(min(self._idle, key=lambda k: self._idle[k][0].idle_since))
 
     def _expire(self, now: float) -> None:
-        for key in [k for k, ents in self._idle.items() if now - ents[0].idle_since > self.ttl_s]:
+        for key in list(self._idle):
             while key in self._idle and now - self._idle[key][0].idle_since > self.ttl_s:
-                self._drop(key, 0)
+                self._drop_oldest(key)
 
-    def _drop(self, key: tuple, i: int) -> None:
+    def _drop_oldest(self, key: tuple) -> None:
         ents = self._idle[key]
-        ents.pop(i)
+        ents.pop(0)
         if not ents:
             del self._idle[key]
         self.count -= 1

@@ -122,6 +122,15 @@ class Generator:
     def _slots(self, last: int) -> list[tuple[int, Sampler | Probe]]:
         return [(last, self.sampler)] + [(last, p) for p in self._probes]
 
+    def _input(self) -> list[int]:
+        """The context's pending input, which a step without a pass queued ahead feeds."""
+        tokens = self.ctx._take_buffer()
+        if not tokens:
+            self.done = True
+            raise PieError("nothing to generate from: the context has no pending input; "
+                           "append at least one token (e.g. the next turn) first")
+        return tokens
+
     async def _step(self) -> StepOutput:
         if self.done:
             raise PieError("this generation is finished")
@@ -140,11 +149,7 @@ class Generator:
             for c in self._constraints:
                 m = c.step(self._last)
                 mask = _brle_and(mask, m) if mask else list(m)
-            tokens = ctx._take_buffer()
-            if not tokens:
-                self.done = True
-                raise PieError("nothing to generate from: the context has no pending input; "
-                               "append at least one token (e.g. the next turn) first")
+            tokens = self._input()
             slots = self._slots(len(tokens) - 1)
             pos = list(range(ctx.seq_len, ctx.seq_len + len(tokens)))
             handle = ctx._submit(tokens, pos, slots, [], mask)
@@ -192,11 +197,7 @@ class Generator:
             ahead = None  # new input, or passes queued by something else: settle them first
         if ahead is None:
             await ctx.settle()
-            tokens = ctx._take_buffer()
-            if not tokens:
-                self.done = True
-                raise PieError("nothing to generate from: the context has no pending input; "
-                               "append at least one token (e.g. the next turn) first")
+            tokens = self._input()
             pos = ctx.seq_len + len(tokens) - 1
             handle = ctx._submit(tokens, list(range(ctx.seq_len, pos + 1)),
                                  self._slots(len(tokens) - 1), [], self._mask)
