@@ -65,6 +65,20 @@ from wit_world.imports import runner as _runner
 
 _BAKED = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] == "inferlet"}
 
+# Compiled program modules by (path, source): a later run of this instance (the next launch
+# of the same program) executes the same code objects without parsing and compiling again.
+_CODE: dict[tuple[str, bytes], types.CodeType] = {}
+
+
+def _compiled(path: str, data: bytes) -> types.CodeType:
+    key = (path, data)
+    code = _CODE.get(key)
+    if code is None:
+        if len(_CODE) >= 64:  # one program per instance: more means many files, keep it bounded
+            _CODE.clear()
+        code = _CODE[key] = compile(data, path, "exec")
+    return code
+
 
 class _SourceImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Imports modules from in-memory source files: {"pkg/mod.py": b"..."}."""
@@ -95,7 +109,7 @@ class _SourceImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if is_pkg:
             module.__path__ = []
         module.__file__ = path
-        exec(compile(data, path, "exec"), module.__dict__)  # noqa: S102 - running it is the point
+        exec(_compiled(path, data), module.__dict__)  # noqa: S102 - running it is the point
 
 
 def _install(files: dict[str, bytes]) -> _SourceImporter:
@@ -124,7 +138,7 @@ class WitWorld(wit_world.WitWorld):
                 module = types.ModuleType(module_name)
                 module.__file__ = module_name + ".py"
                 sys.modules[module_name] = module
-                exec(compile(files[module.__file__], module.__file__, "exec"),  # noqa: S102
+                exec(_compiled(module.__file__, files[module.__file__]),  # noqa: S102
                      module.__dict__)
             else:
                 importer = _install(files)
