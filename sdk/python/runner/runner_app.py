@@ -15,7 +15,7 @@ same user (each run gets a fresh guest loop and executes the program's modules a
 # imports at build time, so a broad set is imported here on purpose.
 import abc  # noqa: F401
 import array  # noqa: F401
-import asyncio  # noqa: F401
+import asyncio
 import base64  # noqa: F401
 import bisect  # noqa: F401
 import collections  # noqa: F401
