@@ -276,8 +276,8 @@ class Engine:
     async def _start_model(self, model: ModelConfig, say: Progress) -> Any:
         from pie.ipc.client import WorkerClient
         from pie.model import load_tokenizer
-        from pie.sandbox.abi import runnable_guests
         from pie.sched.api import ModelInfo
+        from pie.sandbox.sandbox import pending_guests
         from pie.sched.scheduler import Scheduler
 
         drv = model.driver
@@ -318,7 +318,7 @@ class Engine:
                     worker,
                     model.scheduler,
                     max_concurrent_processes=self.cfg.server.max_concurrent_processes,
-                    pending_clients=runnable_guests,
+                    pending_clients=pending_guests,
                 )
                 sched.start()
                 self.schedulers.append(sched)

@@ -188,6 +188,17 @@ def python_program(payload: bytes, entry: str = "main", call: str = "input",
     return files, (f"{module}:{fn or 'main'}", call)
 
 
+_at_gates = [0]  # guests of every sandbox on this loop waiting at their launch gate
+
+
+def pending_guests() -> int:
+    """Guests that may submit a forward pass any moment: running, ready to run, or waiting
+    at a launch gate to start (a burst of launches starts one guest at a time, so most of it
+    waits there). The schedulers' `pending_clients` probe (see `Scheduler._complete_cohort`).
+    """
+    return abi.runnable_guests() + _at_gates[0]
+
+
 class LaunchGate:
     """Lets `slots` guests start at a time; a start ends at the guest's first park or end.
 
@@ -203,13 +214,20 @@ class LaunchGate:
     def __init__(self, slots: int = 1, budget_s: float = 0.1) -> None:
         self.slots = slots
         self.budget_s = budget_s
+        self.waiting = 0  # guests waiting for a slot
         self._sem: asyncio.Semaphore | None = None
 
     async def enter(self) -> Callable[[], None]:
         """Wait for a slot; returns the idempotent `leave` (also called after `budget_s`)."""
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.slots)
-        await self._sem.acquire()
+        self.waiting += 1
+        _at_gates[0] += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+            _at_gates[0] -= 1
         sem, left = self._sem, False
 
         def leave() -> None:

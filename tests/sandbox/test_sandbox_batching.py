@@ -134,3 +134,27 @@ def test_a_guest_computing_before_its_first_pass_lets_the_next_one_start():
     # the first guest spins for far longer than the budget before its first pass
     seen = asyncio.run(_starts(sb, [1_000_000, 0]))
     assert seen == [0, 0], seen  # the second started (and sent) before the first submitted
+
+
+def test_guests_waiting_at_the_gate_count_as_pending_for_the_scheduler():
+    # the schedulers' probe: a burst of launches mostly waits at the gate, and its passes are
+    # about to arrive just as those of running guests are
+    from pie.sandbox.sandbox import pending_guests
+
+    async def go():
+        gate = LaunchGate(slots=1, budget_s=30.0)
+        base = pending_guests()
+        leave = await gate.enter()  # started: not waiting any more
+        waiters = [asyncio.ensure_future(gate.enter()) for _ in range(3)]
+        await asyncio.sleep(0)
+        counts = [pending_guests() - base, gate.waiting]
+        leave()
+        leave2 = await waiters[0]  # the next one starts
+        counts += [pending_guests() - base, gate.waiting]
+        leave2()
+        for w in waiters[1:]:
+            (await w)()
+        counts += [pending_guests() - base, gate.waiting]
+        return counts
+
+    assert asyncio.run(go()) == [3, 3, 2, 2, 0, 0]
