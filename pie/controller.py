@@ -276,8 +276,8 @@ class Engine:
     async def _start_model(self, model: ModelConfig, say: Progress) -> Any:
         from pie.ipc.client import WorkerClient
         from pie.model import load_tokenizer
-        from pie.sched.api import ModelInfo
         from pie.sandbox.sandbox import pending_guests
+        from pie.sched.api import ModelInfo
         from pie.sched.scheduler import Scheduler
 
         drv = model.driver
