@@ -12,7 +12,8 @@ per output token (p50 / p99 over the sequences), and the mean batch size the eng
 
 * `pie`: a private engine (the configured first model, like `pie run`) runs N inferlets of
   `BENCH_INFERLET`, launched in one request over WebSocket; the inferlet streams one message per
-  token and the client stamps them.
+  token and the client stamps them. An unmeasured run at each N first leaves N idle instances
+  (warm, as on a server that has served the program before).
 * `direct`: the same engine's scheduler driven by plain coroutines through the `EngineService`
   calls an inferlet makes (register, context, reserve, forward, commit), with no Wasm and no
   WebSocket. `pie / direct` throughput is the programmability tax.
@@ -21,8 +22,10 @@ per output token (p50 / p99 over the sequences), and the mean batch size the eng
 * `llama-cpp`: llama.cpp (`llama-cpp-python`, an optional extra) on the same GGUF, the N
   sequences decoded together in one `llama_batch` per step.
 
-Baselines run after the engine has stopped, each with the machine to itself. Registered on
-the root app by `pie_cli.main`; `bench/throughput.py` runs the same table.
+With `--direct` the table ends with the programmability tax of each pair of runs made back
+to back (median and range over `--repeats` pairs). Baselines run after the engine has stopped,
+each with the machine to itself. Registered on the root app by `pie_cli.main`;
+`bench/throughput.py` runs the same table.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class RunResult:
     tpot_s: list[float]
     mean_batch: float | None = None
     note: str = ""
+    # pie rows with --direct: 1 - pie / direct throughput of each alternating pair of runs
+    paired_tax: list[float] | None = None
 
     @property
     def tok_per_s(self) -> float:
@@ -116,6 +121,9 @@ class RunResult:
             "tpot_p99_ms": pct(self.tpot_s, 99),
             "mean_batch": self.mean_batch,
             "note": self.note,
+            "tax_paired_median": (
+                float(np.median(self.paired_tax)) if self.paired_tax else None
+            ),
         }
 
 
@@ -283,12 +291,20 @@ async def run_engine(
 
     With `repeats > 1` each system runs that many times in alternating order (pie, direct,
     direct, pie, ...) so neither profits from going second; the median run of each is kept.
+    With `direct`, the pie row also carries the tax of each pair of runs made back to back
+    (`paired_tax`): the machine's speed drifts between runs, and a ratio of runs made minutes
+    apart measures the drift as much as the tax.
     """
     results: list[RunResult] = []
     async with _private_engine(cfg, say) as (engine, client):
         service = next(iter(engine.engines.values()))
         for n in ns:
             prompts = workload_prompts(n)
+            # unmeasured: afterwards the engine holds an idle instance per inferlet, as a
+            # server that has run the program at this concurrency before does (the first
+            # launch of each instance costs several times a later one, bench/RESULTS.md)
+            say(f"pie: warming {n} instances")
+            await run_pie(engine, client, prompts, 2, burst)
             runs: dict[str, list[RunResult]] = {"pie": [], "direct": []}
             for rep in range(repeats):
                 order = ["pie", "direct"] if rep % 2 == 0 else ["direct", "pie"]
@@ -303,9 +319,15 @@ async def run_engine(
                         runs["direct"].append(
                             await run_direct(service, prompts, output_tokens, f"{n}-{rep}")
                         )
-            results.append(median_run(runs["pie"]))
+            kept = median_run(runs["pie"])
+            results.append(kept)
             if direct:
                 results.append(median_run(runs["direct"]))
+                kept.paired_tax = [
+                    1 - p.tok_per_s / d.tok_per_s
+                    for p, d in zip(runs["pie"], runs["direct"])
+                    if d.tok_per_s > 0
+                ]
     return results
 
 
@@ -584,7 +606,23 @@ def format_table(
             f"{row['ttft_p50_ms']:.0f} | {row['ttft_p99_ms']:.0f} | {row['tpot_p50_ms']:.1f} | "
             f"{row['tpot_p99_ms']:.1f} | {batch} |"
         )
+    taxes = [r for r in sorted(results, key=lambda r: r.n) if r.system == "pie" and r.paired_tax]
+    if taxes:
+        pairs = len(taxes[0].paired_tax or [])
+        lines += ["", (
+            "Programmability tax, 1 - pie / direct over each pair of runs made back to back "
+            f"(median of {pairs} pair{'s' if pairs != 1 else ''}, lowest..highest): "
+            + "; ".join(f"{first} = {r.n}: {_tax_span(r.paired_tax or [])}" for r in taxes)
+            + "."
+        )]
     return "\n".join(lines)
+
+
+def _tax_span(taxes: list[float]) -> str:
+    mid = float(np.median(taxes)) * 100
+    if len(taxes) == 1:
+        return f"{mid:.1f} %"
+    return f"{mid:.1f} % ({min(taxes) * 100:.1f}..{max(taxes) * 100:.1f})"
 
 
 def _bench_config(config: Path | None, num_threads: int | None, omp_wait_policy: str | None) -> Any:

@@ -35,6 +35,20 @@ def test_stamps_reduce_to_throughput_ttft_and_tpot():
     rows = [line for line in table.splitlines() if line.startswith("| 2 ")]
     assert rows[0].startswith("| 2 | pie | 1.2 | 1.00 |")  # pie first, ratio to itself
     assert rows[1].startswith("| 2 | transformers | 2.5 | 0.50 |")  # pie is half as fast
+    assert "tax" not in table  # no direct runs, no tax line
+
+
+def test_the_tax_is_the_median_over_pairs_of_runs_made_back_to_back():
+    # the machine slowed down between the pairs: the ratio of the median runs (0.9 / 1.0 here)
+    # would report 10 %, each pair says 2-5 %
+    pie = RunResult("pie", 8, 90, 1.0, [0.1], [0.01], 8.0, paired_tax=[0.02, 0.05, 0.03])
+    direct = RunResult("direct", 8, 100, 1.0, [0.1], [0.01], 8.0)
+    table = format_table([pie, direct], 32)
+    assert table.splitlines()[-1] == (
+        "Programmability tax, 1 - pie / direct over each pair of runs made back to back "
+        "(median of 3 pairs, lowest..highest): N = 8: 3.0 % (2.0..5.0)."
+    )
+    assert pie.row()["tax_paired_median"] == pytest.approx(0.03)
 
 
 @pytest.fixture
