@@ -273,6 +273,67 @@ async def main(input):
         assert in_kv + pending == tok.render_chat(convo, True), (case, pending)
 
 
+def _with_render(render, src):
+    """Run `src` with the host's chat template replaced by `render(messages, gen)` (counted)."""
+    from pie.sandbox import host
+
+    calls = []
+    idx = next(i for i, imp in enumerate(host.IMPORTS) if imp[1] == "render-chat")
+    old = host.IMPORTS[idx]
+
+    def spy(st, m, messages, gen):
+        calls.append(len(messages))
+        return render(messages, gen)
+
+    host.IMPORTS[idx] = (*old[:2], spy, *old[3:])
+    try:
+        return _run(src), calls
+    finally:
+        host.IMPORTS[idx] = old
+
+
+CHAT_TURNS = """
+import inferlet
+async def main(input):
+    m = inferlet.Model.load()
+    tok = m.tokenizer()
+    ctx = inferlet.Context(m)
+    ctx.system("S").user("U").cue()
+    first = tok.decode(ctx.buffer())
+    reply = await ctx.generate_tokens(inferlet.Sampler.argmax(), max_tokens=2, ignore_eos=True)
+    ctx.user("V").cue()
+    pending = ctx.buffer()  # the last sampled token (not yet in the KV), then the new text
+    ctx.release()
+    return [first, pending[0] == reply[-1], tok.decode(pending[1:])]
+"""
+
+
+def test_chat_steps_are_rendered_once_when_their_text_is_needed():
+    def render(messages, gen):
+        return "".join(f"<{r}>{c}" for r, c in messages) + ("<assistant>" if gen else "")
+
+    (first, last_fed, second), calls = _with_render(render, CHAT_TURNS)
+    # system + user + cue: one render of the whole prompt; the reply's turn, the next user
+    # message and cue: one more, when the second prompt is read
+    assert calls == [2, 4]
+    assert first == "<system>S<user>U<assistant>"
+    assert last_fed and second == "<user>V<assistant>"  # the reply's turn needs no close
+
+
+def test_a_template_that_rewrites_earlier_turns_is_applied_step_by_step():
+    # each render starts with the message count: a later render never continues an earlier
+    def render(messages, gen):
+        return f"#{len(messages)}" + "".join(f"<{r}>{c}" for r, c in messages) + (
+            "<assistant>" if gen else "")
+
+    (first, last_fed, second), calls = _with_render(render, CHAT_TURNS)
+    assert first == "#2<system>S<user>U<assistant>"  # nothing in the KV yet: the whole render
+    # the second turn cannot continue the first: the reply's turn adds nothing, the user
+    # message is rendered on its own, the cue adds what the whole render puts after it
+    assert last_fed and second == "#1<user>V<assistant>"
+    assert calls == [2, 4, 3, 4, 1, 4]
+
+
 def test_registered_samplers_and_wait_tokens_at_the_wit_level():
     src = """
 import asyncio

@@ -58,21 +58,23 @@ class Context:
         self._text = ""  # pending chat text, encoded at the next pass
         self._messages: list[tuple[str, str]] = []
         self._rendered = ""
+        self._ops: list[tuple] = []  # chat steps not yet rendered (see `_render_pending`)
         self._turn_open = False  # after cue(), until the generated reply is recorded
         self._released = False
         self._inflight = 0  # input tokens of passes submitted and not yet completed
         self._ahead: Ahead | Chain | None = None  # chained passes a generation queued ahead
 
     # --- chat fills (no engine work until the next pass) ----------------------------------
+    #
+    # Fills, cues and the end of a generated turn are queued (`_ops`) and rendered when the
+    # text is needed (the next pass, `buffer()`, raw text appended after them): a prompt
+    # built from several fills then costs one render of the chat template, not one per fill,
+    # and a turn that nothing follows is never rendered. When the whole conversation's render
+    # does not continue what is already in the context, the queued steps are applied one by
+    # one, each as its own render.
 
     def _fill(self, role: str, content: str) -> Context:
-        msgs = self._messages + [(role, content)]
-        text = self.model.render_chat(msgs, False)
-        if text.startswith(self._rendered):
-            self._text += text[len(self._rendered):]
-        else:  # the template re-renders earlier turns: add this message on its own
-            self._text += self.model.render_chat([(role, content)], False)
-        self._messages, self._rendered = msgs, text
+        self._ops.append(("fill", role, content))
         return self
 
     def system(self, text: str) -> Context:
@@ -86,9 +88,7 @@ class Context:
 
     def cue(self) -> Context:
         """Open the assistant turn (the template's generation prompt)."""
-        full = self.model.render_chat(self._messages, True)
-        self._text += full[len(self._rendered):]
-        self._rendered = full
+        self._ops.append(("cue",))
         self._turn_open = True
         return self
 
@@ -106,11 +106,66 @@ class Context:
         if not self._turn_open:
             return
         self._turn_open = False
+        self._ops.append(("close", list(tokens), stop_token))
+
+    def _render_pending(self) -> None:
+        """Turn the queued chat steps into pending text."""
+        ops, self._ops = self._ops, []
+        if not ops:
+            return
+        messages, base, gen, rest = list(self._messages), self._rendered, False, ops
+        closed = None
+        if ops[0][0] == "close":
+            closed = self._reply(ops[0][1], ops[0][2])
+            messages.append(("assistant", closed[0]))
+            base, rest = closed[1], ops[1:]
+        whole = True
+        for op in rest:
+            if op[0] == "fill" and not gen:
+                messages.append((op[1], op[2]))
+            elif op[0] == "cue":
+                gen = True
+            else:  # a fill after a cue: step by step, as the template may render it apart
+                whole = False
+                break
+        if whole:
+            full = self.model.render_chat(messages, gen)
+            if full.startswith(base):
+                self._text += full[len(base):]
+                self._messages, self._rendered = messages, full
+                return
+        for i, op in enumerate(ops):
+            if op[0] == "fill":
+                self._apply_fill(op[1], op[2])
+            elif op[0] == "cue":
+                self._apply_cue()
+            else:
+                reply = closed if i == 0 and closed is not None else self._reply(op[1], op[2])
+                self._apply_close(*reply)
+
+    def _reply(self, tokens: list[int], stop_token: int | None) -> tuple[str, str]:
+        """(the reply's text, the text the KV holds once it is written)."""
         tok = self.model.tokenizer()
         body = [t for t in tokens if t != stop_token] if stop_token is not None else tokens
         text = tok.decode(body)
-        kv_text = self._rendered + text + (tok.decode([stop_token]) if stop_token is not None
-                                           else "")
+        return text, self._rendered + text + (tok.decode([stop_token]) if stop_token is not None
+                                              else "")
+
+    def _apply_fill(self, role: str, content: str) -> None:
+        msgs = self._messages + [(role, content)]
+        text = self.model.render_chat(msgs, False)
+        if text.startswith(self._rendered):
+            self._text += text[len(self._rendered):]
+        else:  # the template re-renders earlier turns: add this message on its own
+            self._text += self.model.render_chat([(role, content)], False)
+        self._messages, self._rendered = msgs, text
+
+    def _apply_cue(self) -> None:
+        full = self.model.render_chat(self._messages, True)
+        self._text += full[len(self._rendered):]
+        self._rendered = full
+
+    def _apply_close(self, text: str, kv_text: str) -> None:
         self._messages = self._messages + [("assistant", text)]
         full = self.model.render_chat(self._messages, False)
         if full.startswith(kv_text):
@@ -120,6 +175,7 @@ class Context:
     def append(self, tokens: list[int] | str) -> Context:
         """Append raw tokens (or text) to the pending input."""
         if isinstance(tokens, str):
+            self._render_pending()  # after the fills queued before it
             self._text += tokens
         else:
             self._encode_text()
@@ -129,6 +185,8 @@ class Context:
     append_text = append
 
     def _encode_text(self) -> None:
+        if self._ops:
+            self._render_pending()
         if self._text:
             self._buffer.extend(self.model.tokenizer().encode(self._text))
             self._text = ""
@@ -340,6 +398,7 @@ class Context:
     def _copy_pending_from(self, other: Context) -> None:
         self._buffer = list(other._buffer)
         self._text = other._text
+        self._ops = list(other._ops)
         self._messages = list(other._messages)
         self._rendered = other._rendered
         self._turn_open = other._turn_open

@@ -138,7 +138,7 @@ class Generator:
             return await self._burst_step()
         ctx = self.ctx
         ahead = ctx._ahead
-        if ahead is not None and (ctx._buffer or ctx._text):
+        if ahead is not None and (ctx._buffer or ctx._text or ctx._ops):
             # input was appended since the last step: it goes after the last sampled token,
             # which the pass queued ahead fed without it; settling undoes that pass and the
             # step is rebuilt from the pending input
@@ -192,7 +192,8 @@ class Generator:
     async def _burst_step(self) -> StepOutput:
         ctx = self.ctx
         ahead = ctx._ahead
-        if ahead is not None and (ctx._buffer or ctx._text or not isinstance(ahead, Chain)
+        if ahead is not None and (ctx._buffer or ctx._text or ctx._ops
+                                  or not isinstance(ahead, Chain)
                                   or ahead.owner is not self):
             ahead = None  # new input, or passes queued by something else: settle them first
         if ahead is None:
