@@ -334,6 +334,37 @@ def test_a_template_that_rewrites_earlier_turns_is_applied_step_by_step():
     assert calls == [2, 4, 3, 4, 1, 4]
 
 
+def test_a_failing_chat_template_fails_the_pass_and_keeps_the_steps_queued():
+    from pie.sandbox.abi import GuestError
+
+    def render(messages, gen):
+        if any(c == "bad" for _, c in messages):
+            raise GuestError("chat template failed: no 'bad' here")
+        return "".join(f"<{r}>{c}" for r, c in messages) + ("<assistant>" if gen else "")
+
+    src = """
+import inferlet
+async def main(input):
+    m = inferlet.Model.load()
+    tok = m.tokenizer()
+    ctx = inferlet.Context(m)
+    ctx.system("S")
+    first = tok.decode(ctx.buffer())
+    ctx.user("bad").cue()
+    errors = []
+    for _ in range(2):  # still queued: the same error again, the context unchanged
+        try:
+            ctx.buffer()
+        except inferlet.PieError as e:
+            errors.append(str(e))
+    return [first, errors, tok.decode(ctx._buffer)]
+"""
+    (first, errors, kept), calls = _with_render(render, src)
+    assert first == "<system>S"
+    assert errors == ["chat template failed: no 'bad' here"] * 2
+    assert kept == "<system>S"
+
+
 def test_registered_samplers_and_wait_tokens_at_the_wit_level():
     src = """
 import asyncio

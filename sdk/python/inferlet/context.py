@@ -109,8 +109,9 @@ class Context:
         self._ops.append(("close", list(tokens), stop_token))
 
     def _render_pending(self) -> None:
-        """Turn the queued chat steps into pending text."""
-        ops, self._ops = self._ops, []
+        """Turn the queued chat steps into pending text. A render that fails (the template
+        raised) leaves the steps it did not apply queued, the context as it was before them."""
+        ops = self._ops
         if not ops:
             return
         messages, base, gen, rest = list(self._messages), self._rendered, False, ops
@@ -132,9 +133,9 @@ class Context:
             full = self.model.render_chat(messages, gen)
             if full.startswith(base):
                 self._text += full[len(base):]
-                self._messages, self._rendered = messages, full
+                self._messages, self._rendered, self._ops = messages, full, []
                 return
-        for i, op in enumerate(ops):
+        for i, op in enumerate(ops):  # each step changes the context only once it rendered
             if op[0] == "fill":
                 self._apply_fill(op[1], op[2])
             elif op[0] == "cue":
@@ -142,6 +143,7 @@ class Context:
             else:
                 reply = closed if i == 0 and closed is not None else self._reply(op[1], op[2])
                 self._apply_close(*reply)
+            self._ops = ops[i + 1:]
 
     def _reply(self, tokens: list[int], stop_token: int | None) -> tuple[str, str]:
         """(the reply's text, the text the KV holds once it is written)."""
