@@ -363,6 +363,7 @@ async def main(input):
     assert first == "<system>S"
     assert errors == ["chat template failed: no 'bad' here"] * 2
     assert kept == "<system>S"
+    assert calls == [1, 2, 2]  # one render of the whole conversation per attempt
 
 
 def test_registered_samplers_and_wait_tokens_at_the_wit_level():
