@@ -121,9 +121,9 @@ class Scheduler:
         self.restore_pause_at_utilization = cfg.restore_pause_at_utilization
         self._clock = clock
         # How many clients are still running and may submit a pass any moment (for the sandbox:
-        # guests not parked on a host future, and guests waiting to start). When set, a batch about to fire waits for them
-        # (bounded by `_cohort_budget`), so a cohort whose passes come back staggered is not
-        # split into halves that then take turns at the worker for good.
+        # guests not parked on a host future, and guests waiting to start). When set, a batch
+        # about to fire waits for them (bounded by `_cohort_budget`), so a cohort whose passes
+        # come back staggered is not split into halves that then take turns at the worker.
         self._pending_clients = pending_clients
         self._last_latency = 0.0
         self._stats = SchedulerStats()
